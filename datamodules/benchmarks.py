@@ -1,0 +1,495 @@
+"""Fixed test sets read from disk: DIV2KRK (and sets written in its layout), paired LR/HR folders, bare LR folders.
+
+Every benchmark item is a dict::
+
+    {"lr": (3, h, w) uint8, "hr": (3, s*h, s*w) uint8, "kernel": (k, k) float32, "name": str}
+
+``"hr"`` and ``"kernel"`` are present only where the set has them. ``"name"`` is the stem of the LR file. The HR
+image is cropped from its top-left corner to exactly ``scale`` times the LR size (DIV2KRK and the mod-cropped sets
+of ``datamodules.generate`` need no crop; sets whose HR is a few pixels larger do); an HR image smaller than that is
+an error naming both files. Items are sorted numerically (``im_2`` before ``im_10``).
+
+Kernels are read from MATLAB ``.mat`` files (key ``Kernel``), validated (2-D, square, finite, non-negative up to
+``NEGATIVE_KERNEL_TOLERANCE`` of the peak: the released DIV2KRK kernels carry interpolation undershoot of up to
+0.4 % of their peak, which is kept as stored) and normalised to sum 1.
+
+DIV2KRK kernel centre (see DESIGN.md, "Conventions that are easy to get wrong"):
+    The released ``.mat`` kernels are centred on the middle pixel (centre of mass at ``k // 2``), but the LR images
+    were made with the kernel shifted to the block centre, ``+0.5 * (scale - 1)`` px in both axes, correlated with
+    the HR image and decimated from pixel 0. The datasets return the kernels AS STORED (pixel-centred), because
+    that is what published kernel errors were measured against. ``div2krk_kernel_to_block_centre`` gives the
+    kernel that actually made the LR (measured on the 8-image sample: x2 LR regenerated at 43-51 dB with it,
+    37-39 dB without; x4 50-51 dB vs 33-35 dB). Compare estimated kernels with the ground truth only after
+    aligning centres (``lightning_modules.metrics``), and evaluate SR on the shipped LR files, never regenerated ones.
+    ``datamodules.generate`` writes its sets in the same convention, so they read exactly like DIV2KRK.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scipy.io
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from datamodules.degradation.kernels import shift_kernel
+from datamodules.images import IMAGE_SUFFIXES, find_images, load_rgb, to_tensor
+
+# Most negative kernel value accepted, as a fraction of the kernel's maximum (interpolation undershoot).
+NEGATIVE_KERNEL_TOLERANCE = 0.01
+# Folder names of the "paired" layout of ``open_benchmark``, in order of preference.
+PAIRED_LR_DIRS = ("LR", "lr")
+PAIRED_HR_DIRS = ("HR", "hr")
+PAIRED_KERNEL_DIRS = ("kernels", "Kernels", "kernel")
+# Trailing name tokens stripped by ``pairing_key`` (case-insensitive, repeatedly, optional "_", "-" or "." before).
+_STRIP_TOKENS = re.compile(r"[_\-.]?(?:lr|hr|gt|srf_?\d+|x\d+)$", re.IGNORECASE)
+_DIV2KRK_LR = re.compile(r"^im_(\d+)$")
+_DIV2KRK_HR = re.compile(r"^(?:im_(\d+)|img_(\d+)_gt)$")
+_DIV2KRK_KERNEL = re.compile(r"^kernel_(\d+)$")
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that orders digit runs numerically: ``"im_2" < "im_10"``; letters compare case-insensitively."""
+    parts = re.split(r"(\d+)", text)
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)]
+
+
+def pairing_key(stem: str) -> str:
+    """The name under which an LR file and its HR / kernel file are paired.
+
+    Lower-cases the stem and strips, repeatedly, a trailing ``LR``, ``HR``, ``GT``, ``x<digits>`` or
+    ``SRF_<digits>`` token, optionally preceded by ``_``, ``-`` or ``.``. So ``baby_LR``, ``baby_HR``, ``baby_x2``,
+    ``babyx2``, ``baby_gt`` and ``baby`` all give ``baby``, and ``img_001_SRF_4_LR`` gives ``img_001``. The key is
+    only used for matching (both sides are reduced the same way); items keep the LR file's own stem as ``name``.
+    A stem that would be stripped to nothing is kept whole.
+    """
+    key = stem.lower()
+    while True:
+        shorter = _STRIP_TOKENS.sub("", key)
+        if shorter == key or not shorter:
+            return key
+        key = shorter
+
+
+def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
+    """Read a blur kernel from a MATLAB ``.mat`` file, validate it and normalise it to sum 1.
+
+    Args:
+        path: The ``.mat`` file (MATLAB 5 format, as DIV2KRK and ``datamodules.generate`` write).
+        key: Variable name (DIV2KRK: ``"Kernel"``; generated sets also hold ``"KernelBlockCentred"``).
+
+    Returns:
+        ``(k, k)`` float32 kernel summing to 1, centred however the file centres it (DIV2KRK: middle pixel).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        KeyError: The file has no variable ``key`` (the message lists the ones it has).
+        ValueError: The kernel is not a finite, square, 2-D array with positive sum and (almost) no negative values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel file {path} does not exist")
+    try:
+        contents = scipy.io.loadmat(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot read kernel file {path}: {err}") from err
+    if key not in contents:
+        names = sorted(k for k in contents if not k.startswith("__"))
+        raise KeyError(f"kernel file {path} has no variable {key!r} (it has {names})")
+    kernel = np.asarray(contents[key], dtype=np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"kernel {key!r} in {path} must be a square 2-D array, got shape {kernel.shape}")
+    if not np.isfinite(kernel).all():
+        raise ValueError(f"kernel {key!r} in {path} has non-finite values")
+    peak, total = kernel.max(), kernel.sum()
+    if peak <= 0 or total <= 0:
+        raise ValueError(f"kernel {key!r} in {path} has no positive mass (max {peak:g}, sum {total:g})")
+    if kernel.min() < -NEGATIVE_KERNEL_TOLERANCE * peak:
+        raise ValueError(
+            f"kernel {key!r} in {path} has negative values down to {kernel.min():g} "
+            f"(more than {NEGATIVE_KERNEL_TOLERANCE:.0%} of its peak {peak:g})"
+        )
+    return torch.from_numpy(kernel / total).to(torch.float32)
+
+
+def div2krk_kernel_to_block_centre(kernel: Tensor, scale: int) -> Tensor:
+    """Move a DIV2KRK ``.mat`` kernel (pixel-centred) to the block centre its LR image was made with.
+
+    ``shift_kernel(kernel, 0.5 * (scale - 1), 0.5 * (scale - 1))`` (bilinear, zero outside), renormalised to sum 1
+    (the shift pushes a little mass off the bottom/right border). Correlating the HR image with the result and
+    decimating from pixel 0 (``ops.blur`` then ``ops.decimate(x, scale, 0)``) regenerates the released LR: x2 at
+    43-51 dB, x4 at 50-51 dB on the 8-image sample, against 37-39 / 33-35 dB with the kernel as stored.
+
+    Args:
+        kernel: ``(k, k)`` or ``(B, k, k)`` pixel-centred kernels, as ``load_kernel`` returns them.
+        scale: The set's scale factor (2 -> +0.5 px, 4 -> +1.5 px).
+
+    Returns:
+        Kernels of the same shape, block-centred (mean at ``k // 2 + 0.5 * (scale - k % 2)`` for odd ``k``).
+    """
+    offset = 0.5 * (scale - 1)
+    shifted = shift_kernel(kernel, offset, offset)
+    return shifted / shifted.sum(dim=(-2, -1), keepdim=True)
+
+
+def block_centre_to_div2krk_kernel(kernel: Tensor, scale: int) -> Tensor:
+    """The inverse convention change: a block-centred kernel stored the DIV2KRK way (pixel-centred).
+
+    ``shift_kernel(kernel, -0.5 * (scale - 1), -0.5 * (scale - 1))``, renormalised to sum 1. The bilinear shift is
+    not exactly invertible: ``div2krk_kernel_to_block_centre`` of the result equals the input blurred by
+    ``[1/4, 1/2, 1/4]`` in each axis, which is why ``datamodules.generate`` also stores the exact kernel.
+
+    Args:
+        kernel: ``(k, k)`` or ``(B, k, k)`` block-centred kernels (``DIV2KRKKernelSampler.kernels``).
+        scale: The scale factor the kernel is made for.
+    """
+    offset = -0.5 * (scale - 1)
+    shifted = shift_kernel(kernel, offset, offset)
+    return shifted / shifted.sum(dim=(-2, -1), keepdim=True)
+
+
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """One test image on disk: its LR file and, where the set has them, its HR and kernel files."""
+
+    name: str
+    lr_path: Path
+    hr_path: Path | None = None
+    kernel_path: Path | None = None
+
+
+def _check_scale(scale: int) -> int:
+    if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    return int(scale)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), naturally sorted; an error names a missing/empty folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in {folder}")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+class _BenchmarkDataset(Dataset):
+    """Shared reading logic: ``entries`` (set by subclasses) -> item dicts (see module docstring)."""
+
+    scale: int
+    kernel_key: str
+    entries: list[BenchmarkEntry]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def names(self) -> list[str]:
+        """Item names in dataset order."""
+        return [e.name for e in self.entries]
+
+    @property
+    def has_hr(self) -> bool:
+        """Whether every item has an HR image."""
+        return all(e.hr_path is not None for e in self.entries)
+
+    @property
+    def has_kernels(self) -> bool:
+        """Whether every item has a ground-truth kernel."""
+        return all(e.kernel_path is not None for e in self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        lr = load_rgb(entry.lr_path)
+        item: dict = {"lr": to_tensor(lr), "name": entry.name}
+        if entry.hr_path is not None:
+            hr = load_rgb(entry.hr_path)
+            h, w = lr.shape[0] * self.scale, lr.shape[1] * self.scale
+            if hr.shape[0] < h or hr.shape[1] < w:
+                raise ValueError(
+                    f"HR image {entry.hr_path} is {hr.shape[1]}x{hr.shape[0]} px, smaller than x{self.scale} its LR "
+                    f"image {entry.lr_path} ({lr.shape[1]}x{lr.shape[0]} px -> needs {w}x{h})"
+                )
+            item["hr"] = to_tensor(hr[:h, :w])
+        if entry.kernel_path is not None:
+            item["kernel"] = load_kernel(entry.kernel_path, self.kernel_key)
+        return item
+
+
+class DIV2KRKDataset(_BenchmarkDataset):
+    """DIV2KRK (KernelGAN, NeurIPS 2019) and sets in its layout (``datamodules.generate``: BSD100RK, Urban100RK, ...).
+
+    Layout under ``root``::
+
+        lr_x{s}/im_N.png            LR (DIV2KRK stores RGBA with alpha 255; read as RGB)
+        gt/im_N.png                 HR, or gt/img_N_gt.png (the original release's naming); optional per image
+        gt_k_x{s}/kernel_N.mat      ground-truth kernel, key "Kernel" (optional folder)
+
+    Items are sorted by ``N``. Kernels are returned as stored (DIV2KRK: pixel-centred, see the module docstring and
+    ``div2krk_kernel_to_block_centre``), normalised to sum 1; sizes are whatever the files hold (the release: 11x11
+    for x2, 31x31 for x4).
+
+    Args:
+        root: The set's folder.
+        scale: Scale factor ``s`` (selects ``lr_x{s}`` and ``gt_k_x{s}``).
+        require_hr: Raise if any LR image has no HR image (otherwise such items simply lack ``"hr"``, so kernel
+            accuracy can still be measured).
+        require_kernels: Raise if any LR image has no kernel file.
+        kernel_key: The ``.mat`` variable to read (``"KernelBlockCentred"`` reads the exact block-centred kernels
+            that ``datamodules.generate`` also stores).
+
+    Raises:
+        FileNotFoundError: ``lr_x{s}`` is missing or empty, or a required HR / kernel file is missing (named).
+        ValueError: A file in ``lr_x{s}`` does not follow the ``im_N`` naming, or two HR files claim the same ``N``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        scale: int,
+        require_hr: bool = False,
+        require_kernels: bool = False,
+        kernel_key: str = "Kernel",
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.scale = _check_scale(scale)
+        self.kernel_key = kernel_key
+        lr_dir = self.root / f"lr_x{self.scale}"
+        if not lr_dir.is_dir():
+            raise FileNotFoundError(f"DIV2KRK layout: {lr_dir} does not exist (expected lr_x{self.scale}/im_N.png)")
+        hr_files = self._index_hr(self.root / "gt")
+        kernel_dir = self.root / f"gt_k_x{self.scale}"
+        entries: list[tuple[int, BenchmarkEntry]] = []
+        for lr_path in _list_images(lr_dir):
+            match = _DIV2KRK_LR.match(lr_path.stem)
+            if match is None:
+                raise ValueError(f"DIV2KRK layout: {lr_path} is not named im_N{lr_path.suffix} (N an integer)")
+            n = int(match.group(1))
+            hr_path = hr_files.get(n)
+            if hr_path is None and require_hr:
+                raise FileNotFoundError(
+                    f"no HR image for {lr_path}: looked for {self.root / 'gt'}/im_{n}.* and img_{n}_gt.*"
+                )
+            kernel_path = kernel_dir / f"kernel_{n}.mat"
+            if not kernel_path.is_file():
+                if require_kernels:
+                    raise FileNotFoundError(f"no kernel for {lr_path}: {kernel_path} does not exist")
+                kernel_path = None
+            entries.append((n, BenchmarkEntry(lr_path.stem, lr_path, hr_path, kernel_path)))
+        numbers = [n for n, _ in entries]
+        if len(set(numbers)) != len(numbers):
+            dup = sorted({n for n in numbers if numbers.count(n) > 1})
+            raise ValueError(f"DIV2KRK layout: {lr_dir} holds several files for image number(s) {dup}")
+        self.entries = [e for _, e in sorted(entries, key=lambda t: t[0])]
+
+    @staticmethod
+    def _index_hr(gt_dir: Path) -> dict[int, Path]:
+        """``{N: path}`` of ``gt/im_N.*`` and ``gt/img_N_gt.*``; ``im_N`` wins if both exist for one ``N``."""
+        if not gt_dir.is_dir():
+            return {}
+        found: dict[int, Path] = {}
+        for path in sorted(gt_dir.iterdir(), key=lambda p: natural_key(p.name)):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            match = _DIV2KRK_HR.match(path.stem)
+            if match is None:
+                continue
+            n = int(match.group(1) or match.group(2))
+            previous = found.get(n)
+            if previous is not None:
+                if previous.stem.startswith("im_") == path.stem.startswith("im_"):
+                    raise ValueError(f"DIV2KRK layout: both {previous} and {path} claim HR image {n}")
+                if not path.stem.startswith("im_"):
+                    continue
+            found[n] = path
+        return found
+
+
+class PairedFolderDataset(_BenchmarkDataset):
+    """LR images in one folder, optionally paired with HR images and ``.mat`` kernels from others (Set5-style sets).
+
+    Files are paired by ``pairing_key`` of their stems, so ``baby_LR.png`` / ``baby_HR.png``,
+    ``baby_x2.png`` / ``baby.png`` and ``img_001_SRF_2_LR.png`` / ``img_001_SRF_2_HR.png`` all match. Kernels are
+    looked up in ``kernel_dir`` as ``<LR stem>.mat``, ``<key>.mat``, ``kernel_<N>.mat`` (``N`` = the trailing
+    number of the key, with and without leading zeros), first found wins; they are returned as stored (no centre
+    change), normalised to sum 1. Folders are read non-recursively; items are sorted naturally by LR name.
+
+    Args:
+        lr_dir: Folder of LR images.
+        hr_dir: Folder of HR images; when given, every LR image must have one.
+        scale: Scale factor (HR is cropped top-left to ``scale`` x the LR size).
+        kernel_dir: Folder of ``.mat`` kernels; items without a kernel file lack ``"kernel"``.
+        kernel_key: The ``.mat`` variable to read.
+        require_kernels: Raise if an LR image has no kernel in ``kernel_dir``.
+
+    Raises:
+        FileNotFoundError: A folder is missing or empty, an LR image has no HR image, or ``kernel_dir`` holds no
+            kernel for any LR image.
+        ValueError: Two files of one folder reduce to the same pairing key (the message names both).
+    """
+
+    def __init__(
+        self,
+        lr_dir: str | Path,
+        hr_dir: str | Path | None = None,
+        *,
+        scale: int,
+        kernel_dir: str | Path | None = None,
+        kernel_key: str = "Kernel",
+        require_kernels: bool = False,
+    ) -> None:
+        self.scale = _check_scale(scale)
+        self.kernel_key = kernel_key
+        self.lr_dir = Path(lr_dir).expanduser()
+        self.hr_dir = None if hr_dir is None else Path(hr_dir).expanduser()
+        self.kernel_dir = None if kernel_dir is None else Path(kernel_dir).expanduser()
+        lr_files = _list_images(self.lr_dir)
+        _keyed(lr_files, self.lr_dir)  # raises on ambiguous LR names
+        hr_by_key = {} if self.hr_dir is None else _keyed(_list_images(self.hr_dir), self.hr_dir)
+        if self.kernel_dir is not None and not self.kernel_dir.is_dir():
+            raise FileNotFoundError(f"kernel folder {self.kernel_dir} does not exist")
+        self.entries = []
+        for lr_path in lr_files:
+            key = pairing_key(lr_path.stem)
+            hr_path = None
+            if self.hr_dir is not None:
+                hr_path = hr_by_key.get(key)
+                if hr_path is None:
+                    raise FileNotFoundError(
+                        f"no HR image for {lr_path} in {self.hr_dir} (looked for a file whose name reduces to "
+                        f"{key!r}, e.g. {key}.png, {key}_HR.png)"
+                    )
+            kernel_path = self._find_kernel(lr_path.stem, key)
+            if kernel_path is None and require_kernels:
+                raise FileNotFoundError(f"no kernel for {lr_path} in {self.kernel_dir}")
+            self.entries.append(BenchmarkEntry(lr_path.stem, lr_path, hr_path, kernel_path))
+        if self.kernel_dir is not None and all(e.kernel_path is None for e in self.entries):
+            raise FileNotFoundError(
+                f"kernel folder {self.kernel_dir} holds no kernel for any LR image of {self.lr_dir} "
+                f"(looked for <name>.mat and kernel_<N>.mat, e.g. {self.entries[0].name}.mat)"
+            )
+
+    def _find_kernel(self, stem: str, key: str) -> Path | None:
+        if self.kernel_dir is None:
+            return None
+        candidates = [stem, key]
+        number = re.search(r"(\d+)$", key)
+        if number is not None:
+            candidates += [f"kernel_{number.group(1)}", f"kernel_{int(number.group(1))}"]
+        for candidate in candidates:
+            path = self.kernel_dir / f"{candidate}.mat"
+            if path.is_file():
+                return path
+        return None
+
+
+def _keyed(files: Sequence[Path], folder: Path) -> dict[str, Path]:
+    """``{pairing_key(stem): path}``; raises naming both files when two reduce to the same key."""
+    out: dict[str, Path] = {}
+    for path in files:
+        key = pairing_key(path.stem)
+        if key in out:
+            raise ValueError(f"{out[key].name} and {path.name} in {folder} both pair as {key!r}; rename one")
+        out[key] = path
+    return out
+
+
+class LRFolderDataset(Dataset):
+    """Every image under a folder (recursive) or one image file, without ground truth (for ``predict``).
+
+    Items are ``{"lr": (3, h, w) uint8, "name": str, "path": str}``. ``name`` is the file's path relative to the
+    folder without its suffix (the stem for files directly in it; POSIX separators for nested files, so outputs
+    named after it do not collide); items are sorted naturally by name.
+
+    Args:
+        root: A folder, an image file, or ``"builtin"`` (scikit-image's sample photos).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no image (named).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser() if str(root) != "builtin" else None
+        paths = find_images(root)
+        base = self.root if self.root is not None and self.root.is_dir() else None
+        named = [(p.relative_to(base).with_suffix("").as_posix() if base else p.stem, p) for p in paths]
+        self.entries = sorted(named, key=lambda t: natural_key(t[0]))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def names(self) -> list[str]:
+        """Item names in dataset order."""
+        return [name for name, _ in self.entries]
+
+    def __getitem__(self, index: int) -> dict:
+        name, path = self.entries[index]
+        return {"lr": to_tensor(load_rgb(path)), "name": name, "path": str(path)}
+
+
+def open_benchmark(
+    path: str | Path, scale: int, layout: Literal["auto", "div2krk", "paired"] = "auto"
+) -> DIV2KRKDataset | PairedFolderDataset:
+    """Open a test set by folder, detecting its layout.
+
+    Layouts:
+        ``"div2krk"``: ``path/lr_x{s}/im_N.png`` (+ ``gt/``, ``gt_k_x{s}/``), see ``DIV2KRKDataset``.
+        ``"paired"``: ``path/LR`` and ``path/HR`` (also ``lr`` / ``hr``), optional ``path/kernels``, see
+        ``PairedFolderDataset``.
+        ``"auto"``: ``"div2krk"`` if ``path/lr_x{s}`` exists, else ``"paired"`` if ``path/LR`` exists.
+
+    Args:
+        path: The set's root folder.
+        scale: Scale factor.
+        layout: One of the above.
+
+    Raises:
+        FileNotFoundError: The folder, or a folder its layout needs, does not exist; the message says what was
+            looked for and lists the layouts and the sub-folders that are there.
+    """
+    root = Path(path).expanduser()
+    scale = _check_scale(scale)
+    if layout not in ("auto", "div2krk", "paired"):
+        raise ValueError(f"layout must be 'auto', 'div2krk' or 'paired', got {layout!r}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmark folder {root} does not exist")
+    div2krk_lr = root / f"lr_x{scale}"
+    paired_lr = _first_dir(root, PAIRED_LR_DIRS)
+    if layout == "div2krk" or (layout == "auto" and div2krk_lr.is_dir()):
+        if not div2krk_lr.is_dir():
+            raise FileNotFoundError(_layout_message(root, scale, f"{div2krk_lr} (layout 'div2krk')"))
+        return DIV2KRKDataset(root, scale)
+    if paired_lr is None:
+        looked_for = f"{root}/{' or '.join(PAIRED_LR_DIRS)} (layout 'paired')"
+        if layout == "auto":
+            looked_for = f"{div2krk_lr} (layout 'div2krk') or {looked_for}"
+        raise FileNotFoundError(_layout_message(root, scale, looked_for))
+    hr_dir = _first_dir(root, PAIRED_HR_DIRS)
+    if hr_dir is None:
+        raise FileNotFoundError(
+            _layout_message(
+                root, scale, f"{root}/{' or '.join(PAIRED_HR_DIRS)} beside {paired_lr.name}/ (layout 'paired')"
+            )
+        )
+    return PairedFolderDataset(paired_lr, hr_dir, scale=scale, kernel_dir=_first_dir(root, PAIRED_KERNEL_DIRS))
+
+
+def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def _layout_message(root: Path, scale: int, looked_for: str) -> str:
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    return (
+        f"no benchmark at {root} for x{scale}: looked for {looked_for}. Layouts: 'div2krk' = lr_x{{s}}/im_N.png "
+        f"[+ gt/, gt_k_x{{s}}/]; 'paired' = LR/ + HR/ [+ kernels/]. Sub-folders present: {subdirs or 'none'}. "
+        "For a folder of LR images without ground truth use LRFolderDataset."
+    )

@@ -1,0 +1,163 @@
+"""Degradation parameter samplers: draw named per-sample tensors from a ``torch.Generator``; never apply anything.
+
+A kernel sampler has ``sample(batch_size, generator, device) -> params`` (named ``(B, ...)`` tensors),
+``kernels(params, scale) -> (B, k, k)`` (deterministic), ``kernel_size(scale)`` and the attribute ``centre``, which
+the pipeline needs to align decimation (``kernels.decimation_phase``). The scale belongs to the pipeline (it is
+linked from the DataModule's ``scale``), so a sampler's configuration never repeats it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from datamodules.degradation.kernels import Centre, Param, compose_x2_twice, gaussian_kernels, parameter_grid
+
+
+def uniform(lo: float, hi: float, batch_size: int, generator: torch.Generator | None, device) -> Tensor:
+    """``(B,)`` draws from ``U(lo, hi)``."""
+    return lo + (hi - lo) * torch.rand(batch_size, generator=generator, device=device)
+
+
+def gaussian_noise_field(
+    shape: Sequence[int], std: Tensor, gray: Tensor, generator: torch.Generator | None, device
+) -> Tensor:
+    """Additive white Gaussian noise ``(B, C, H, W)`` with per-sample ``std`` (``[0, 1]`` units) ``(B,)``.
+
+    Samples with ``gray`` ``(B,)`` True share one noise plane across channels.
+    """
+    bsz = shape[0]
+    colour = torch.randn(tuple(shape), generator=generator, device=device)
+    mono = colour[:, :1].expand_as(colour)
+    field = torch.where(gray.view(bsz, 1, 1, 1).to(device), mono, colour)
+    return field * std.view(bsz, 1, 1, 1).to(device)
+
+
+class DIV2KRKKernelSampler:
+    """The DIV2KRK protocol (KernelGAN, NeurIPS 2019): random anisotropic Gaussians with multiplicative noise.
+
+    x2: an ``kernel_size`` (11) kernel with variances ``lambda1, lambda2 ~ U(lambda_range)`` (sorted so that
+    ``lambda1 >= lambda2``, which leaves the distribution of kernels unchanged because ``theta ~ U(0, pi)``),
+    per-pixel multiplicative noise ``U(-n, n)`` with ``n ~ U(0, max_kernel_noise)``, block-centred for x2 and
+    applied by correlation. x4: that x2 kernel applied twice (``compose_x2_twice``: 31x31 for 11).
+
+    Args:
+        kernel_size: Side of the x2 kernel (DIV2KRK: 11; MoESR's experts: 13).
+        lambda_range: Range of the covariance eigenvalues (the paper's ``(0.6, 5)``).
+        max_kernel_noise: Upper bound of the per-sample kernel-noise level (the paper's "up to 25 %").
+    """
+
+    centre: Centre = "block"
+
+    def __init__(
+        self, kernel_size: int = 11, lambda_range: tuple[float, float] = (0.6, 5.0), max_kernel_noise: float = 0.25
+    ) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"DIV2KRK kernels are odd-sized, got {kernel_size}")
+        self.base_size = kernel_size
+        self.lambda_range = lambda_range
+        self.max_kernel_noise = max_kernel_noise
+
+    def kernel_size(self, scale: int) -> int:
+        """Side of the kernels at ``scale``: ``k`` at x2, ``3k - 2`` at x4."""
+        if scale not in (2, 4):
+            raise ValueError(f"the DIV2KRK protocol is defined for x2 and x4, got x{scale}")
+        return self.base_size if scale == 2 else 3 * self.base_size - 2
+
+    def sample(self, batch_size: int, generator: torch.Generator | None, device) -> dict[str, Tensor]:
+        """Draw ``lambda1, lambda2, theta`` ``(B,)`` and ``kernel_noise`` ``(B, k2, k2)`` for the x2 kernel."""
+        lo, hi = self.lambda_range
+        l1 = uniform(lo, hi, batch_size, generator, device)
+        l2 = uniform(lo, hi, batch_size, generator, device)
+        theta = uniform(0.0, math.pi, batch_size, generator, device)
+        level = uniform(0.0, self.max_kernel_noise, batch_size, generator, device)
+        k = self.base_size
+        noise = (2 * torch.rand(batch_size, k, k, generator=generator, device=device) - 1) * level[:, None, None]
+        return {
+            "lambda1": torch.maximum(l1, l2),
+            "lambda2": torch.minimum(l1, l2),
+            "theta": theta,
+            "kernel_noise": noise,
+        }
+
+    def kernels(self, params: dict[str, Tensor], scale: int) -> Tensor:
+        """``(B, k, k)`` kernels from ``sample``'s parameters (x4: the x2 kernel composed with itself)."""
+        self.kernel_size(scale)
+        k2 = gaussian_kernels(
+            self.base_size, params["lambda1"], params["lambda2"], params["theta"],
+            param="var", centre="block", scale=2, noise=params.get("kernel_noise"),
+        )  # fmt: skip
+        return k2 if scale == 2 else compose_x2_twice(k2)
+
+
+class KernelBankSampler:
+    """Uniform draws from a fixed bank of Gaussian kernels (a grid of parameters, computed once).
+
+    Args:
+        kernel_size: Kernel side.
+        a: First variance (``param="var"``) or standard deviation (``"std"``) of each bank entry, or of each grid
+            level when ``product`` is True.
+        b: Second variance / standard deviation, same rules.
+        theta: Angle in radians, same rules.
+        param: ``"var"`` or ``"std"``.
+        centre: ``"block"`` or ``"pixel"``.
+        product: Take the Cartesian product of ``a x b x theta`` (True) or zip them (False: equal lengths).
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 11,
+        a: Sequence[float] = (0.75, 1.5, 2.25, 3.0),
+        b: Sequence[float] = (0.75, 1.5, 2.25, 3.0),
+        theta: Sequence[float] = (0.0,),
+        param: Param = "var",
+        centre: Centre = "block",
+        product: bool = True,
+    ) -> None:
+        if product:
+            grid = parameter_grid(a=a, b=b, theta=theta)
+        else:
+            if not len(a) == len(b) == len(theta):
+                raise ValueError(f"zipped bank needs equal lengths, got {len(a)}, {len(b)}, {len(theta)}")
+            grid = {n: torch.tensor(list(v), dtype=torch.float32) for n, v in (("a", a), ("b", b), ("theta", theta))}
+        self.size = kernel_size
+        self.centre = centre
+        self.param = param
+        self.grid = grid
+        self._banks: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.grid["a"].shape[0]
+
+    def kernel_size(self, scale: int) -> int:
+        """Side of the bank's kernels (the same at every scale)."""
+        return self.size
+
+    def bank(self, scale: int) -> Tensor:
+        """The ``(N, k, k)`` bank for ``scale`` (computed once per scale: block centres depend on it)."""
+        if scale not in self._banks:
+            g = self.grid
+            self._banks[scale] = gaussian_kernels(
+                self.size, g["a"], g["b"], g["theta"], param=self.param, centre=self.centre, scale=scale
+            )
+        return self._banks[scale]
+
+    def sample(self, batch_size: int, generator: torch.Generator | None, device) -> dict[str, Tensor]:
+        """Draw ``kernel_index`` ``(B,)`` uniformly; also return the entry's named parameters."""
+        idx = torch.randint(len(self), (batch_size,), generator=generator, device=device)
+        names = ("lambda1", "lambda2") if self.param == "var" else ("sigma_x", "sigma_y")
+        cpu_idx = idx.cpu()
+        return {
+            "kernel_index": idx,
+            names[0]: self.grid["a"][cpu_idx].to(device),
+            names[1]: self.grid["b"][cpu_idx].to(device),
+            "theta": self.grid["theta"][cpu_idx].to(device),
+        }
+
+    def kernels(self, params: dict[str, Tensor], scale: int) -> Tensor:
+        """``(B, k, k)`` bank entries for ``params["kernel_index"]``."""
+        idx = params["kernel_index"]
+        return self.bank(scale).to(idx.device)[idx]
