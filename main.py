@@ -35,8 +35,13 @@ class BlindSRCLI(LightningCLI):
         parser.link_arguments("data.init_args.scale", "data.init_args.degradation.init_args.scale")
 
     def before_instantiate_classes(self) -> None:
-        """Group W&B runs by method and stage unless the config names a group/job type."""
+        """Fill ``{scale}`` in checkpoint folders; group W&B runs by method and stage unless the config names them."""
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        scale = cfg.data.init_args.scale
+        for callback in cfg.trainer.callbacks or []:
+            dirpath = callback.init_args.get("dirpath") if hasattr(callback, "init_args") else None
+            if isinstance(dirpath, str) and "{scale}" in dirpath:
+                callback.init_args["dirpath"] = dirpath.format(scale=scale)
         loggers = cfg.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").endswith("WandbLogger"):

@@ -31,7 +31,7 @@ from lightning_modules.metrics import METRIC_PROTOCOLS, make_kernel_metrics, mak
 from lightning_modules.tiling import tiled_forward
 
 # Evaluation-time options: kept out of checkpoint hyper-parameters, because LightningCLI applies a checkpoint's
-# hyper-parameters over the command line, which would silently ignore e.g. ``--model.init_args.output_dir`` at test time.
+# hyper-parameters over the command line, which would silently ignore ``--model.init_args.output_dir`` at test time.
 RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir")
 
 

@@ -11,7 +11,7 @@ from main import cli_main
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
-STAGES = [p for p in CONFIGS if "model" in (yaml.safe_load(p.read_text()) or {})]
+STAGES = [p for p in CONFIGS if "class_path" in ((yaml.safe_load(p.read_text()) or {}).get("model") or {})]
 PIECES = [p for p in CONFIGS if p not in STAGES]
 TINY = [
     "--model.init_args.num_layers=3", "--model.init_args.channels=8", "--data.init_args.batch_size=2",
@@ -138,3 +138,34 @@ def test_two_process_ddp_gives_the_same_validation_psnr(tmp_path):
     one = val_psnr(tmp_path, 1)
     two = val_psnr(tmp_path, 2)
     assert abs(one - two) < 1e-6, (one, two)
+
+
+def table_of(tmp_path, tiny_div2krk, devices: int) -> list[dict]:
+    out = tmp_path / f"out{devices}"
+    run(["test", "-c", str(REPO / "configs/bicubic.yaml"), *SMOKE, f"--data.init_args.test_set={tiny_div2krk}",
+         "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+         f"--trainer.strategy={'ddp_fork' if devices > 1 else 'auto'}", f"--model.init_args.output_dir={out}",
+         f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    return list(csv.DictReader((out / "test_results.csv").open()))
+
+
+def test_two_process_test_table_gathers_every_image(tmp_path, tiny_div2krk):
+    one = table_of(tmp_path, tiny_div2krk, 1)
+    two = table_of(tmp_path, tiny_div2krk, 2)
+    assert [r["name"] for r in two] == [r["name"] for r in one] == ["im_1", "im_2", "im_3", "im_4", "mean"]
+    for a, b in zip(one, two, strict=True):
+        assert abs(float(a["psnr_y"]) - float(b["psnr_y"])) < 1e-9
+
+
+@pytest.mark.slow
+def test_plain_ddp_fit_in_subprocess(tmp_path):
+    """The real `ddp` launcher (re-executes main.py per rank) with gloo on CPU."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "main.py", "fit", "-c", "configs/baseline.yaml", *SMOKE, *TINY, "--trainer.accelerator=cpu",
+           "--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max_steps=4` reached" in proc.stderr + proc.stdout

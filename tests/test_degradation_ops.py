@@ -55,6 +55,23 @@ def test_blur_convolve_is_correlate_with_flipped_kernel_and_known_values():
         ops.blur(torch.rand(2, 3, 8, 8), torch.rand(3, 3, 3))
 
 
+@pytest.mark.parametrize(("size", "scale", "phase", "mode", "border", "hw"), [
+    (11, 2, 0, "correlate", "reflect", (48, 52)),
+    (31, 4, 0, "correlate", "reflect", (64, 70)),
+    (20, 4, 1, "correlate", "replicate", (61, 64)),
+    (13, 3, 1, "convolve", "circular", (45, 47)),
+])  # fmt: skip
+def test_blur_decimate_equals_blur_then_decimate(size, scale, phase, mode, border, hw):
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, *hw, dtype=torch.float64)
+    k = torch.rand(3, size, size, dtype=torch.float64)
+    k = k / k.sum((-2, -1), keepdim=True)
+    expected = ops.decimate(ops.blur(x, k, mode=mode, border=border), scale, phase)
+    torch.testing.assert_close(ops.blur_decimate(x, k, scale, phase, mode=mode, border=border), expected)
+    torch.testing.assert_close(ops.blur_decimate(x, k[0], scale, phase, mode=mode, border=border)[1],
+                               ops.decimate(ops.blur(x, k[0], mode=mode, border=border), scale, phase)[1])  # fmt: skip
+
+
 def test_decimate_phase_and_shape():
     x = torch.arange(64.0).view(1, 1, 8, 8)
     assert ops.decimate(x, 2, 0)[0, 0, 0, :2].tolist() == [0.0, 2.0]

@@ -63,11 +63,13 @@ def test_bicubic_system_is_matlab_resize_and_refuses_fit():
 
 
 def test_single_network_learns_to_beat_bicubic_on_real_photos():
-    """A tiny baseline trained for 300 steps on 6 built-in photos beats bicubic on the 3 held-out ones."""
+    """A tiny baseline trained for 300 steps on 6 built-in photos beats bicubic on 3 held-out natural photos."""
     L.seed_everything(0)
-    photos = [str(p) for p in builtin_photo_paths()]
+    paths = {p.name: str(p) for p in builtin_photo_paths()}
+    held_out = [paths[n] for n in ("chelsea.png", "coffee.png", "motorcycle_right.png")]
+    train = [p for p in paths.values() if p not in held_out]
     dm = SRDataModule(
-        scale=2, train_dirs=photos[:6], val_dirs=photos[6:], patch_size=24, val_patch_size=64,
+        scale=2, train_dirs=train, val_dirs=held_out, patch_size=24, val_patch_size=64,
         batch_size=8, val_batch_size=9, num_workers=0, repeats=100,
     )  # fmt: skip
     model = SingleNetSR(num_layers=6, channels=16, lr=2e-3)
@@ -79,7 +81,7 @@ def test_single_network_learns_to_beat_bicubic_on_real_photos():
     trainer.fit(model, dm)
     metrics = trainer.callback_metrics
     gain = float(metrics["val/psnr_y"] - metrics["val/bicubic_psnr_y"])
-    assert gain > 0.25, (
+    assert gain > 0.5, (
         f"PSNR-Y {float(metrics['val/psnr_y']):.2f} vs bicubic {float(metrics['val/bicubic_psnr_y']):.2f}"
     )
     assert float(metrics["val/ssim_y"]) > float(metrics["val/bicubic_ssim_y"])

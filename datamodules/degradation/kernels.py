@@ -121,7 +121,7 @@ def gaussian_kernels(
             normalisation (DIV2KRK's kernel noise, ``n ~ U(-level, level)`` per pixel).
 
     Returns:
-        ``(B, k, k)`` kernels summing to 1, dtype and device of ``a``.
+        ``(B, k, k)`` kernels summing to 1, dtype and device of ``a``; values below ``1e-20`` of the peak are 0.
 
     Example:
         >>> one = torch.tensor([1.0])
@@ -149,7 +149,9 @@ def gaussian_kernels(
     xx, yy = _grid(size, a.device, dtype)
     dx, dy = (xx - mu)[None], (yy - mu)[None]
     q = inv_xx[:, None, None] * dx * dx + 2 * inv_xy[:, None, None] * dx * dy + inv_yy[:, None, None] * dy * dy
-    kernel = torch.exp(-0.5 * q)
+    # Tails below exp(-46) ~ 1e-20 of the peak are set to exactly 0: they are invisible next to the float32 sum, but
+    # would otherwise underflow to denormal numbers, which make CPU convolutions about 8x slower.
+    kernel = torch.exp(-0.5 * q).masked_fill(q > 92.0, 0.0)
     if noise is not None:
         if noise.shape != kernel.shape:
             raise ValueError(f"kernel noise must have shape {tuple(kernel.shape)}, got {tuple(noise.shape)}")

@@ -71,6 +71,50 @@ def decimate(x: Tensor, scale: int, phase: int = 0) -> Tensor:
     return x[..., phase : phase + scale * h : scale, phase : phase + scale * w : scale]
 
 
+def blur_decimate(
+    x: Tensor, kernel: Tensor, scale: int, phase: int = 0, mode: BlurMode = "correlate", border: str = "reflect"
+) -> Tensor:
+    """``decimate(blur(x, kernel, mode, border), scale, phase)`` in one strided depthwise convolution.
+
+    Only the kept pixels are computed (``scale**2`` times less work than blurring the whole image), with the same
+    padding as ``blur``; the result equals the two-step form exactly (``tests/test_degradation_ops.py``).
+
+    Args:
+        x: ``(B, C, H, W)``.
+        kernel: ``(B, k, k)`` per-sample or ``(k, k)`` / ``(1, k, k)`` shared kernels.
+        scale: Decimation factor ``s``.
+        phase: First kept pixel in both axes, ``0 <= phase < s``.
+        mode: ``"correlate"`` or ``"convolve"`` (as ``blur``).
+        border: ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"constant"`` (as ``blur``).
+
+    Returns:
+        ``(B, C, H // s, W // s)``.
+    """
+    _check_image(x)
+    if kernel.dim() == 2:
+        kernel = kernel[None]
+    bsz, ch, h, w = x.shape
+    if kernel.shape[0] not in (1, bsz):
+        raise ValueError(f"kernel batch {kernel.shape[0]} does not match image batch {bsz}")
+    if not 0 <= phase < scale:
+        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
+    if mode == "convolve":
+        kernel = kernel.flip(-2, -1)
+    elif mode != "correlate":
+        raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
+    k = kernel.shape[-1]
+    before, after = (k - 1) // 2, k // 2
+    pad_mode = {"reflect": "reflect", "replicate": "replicate", "circular": "circular", "constant": "constant"}[border]
+    padded = F.pad(x, (before, after, before, after), mode=pad_mode)
+    oh, ow = h // scale, w // scale
+    # output i reads padded[phase + s*i + j], j < k: crop so that the strided convolution yields exactly (oh, ow)
+    span_h, span_w = scale * (oh - 1) + k, scale * (ow - 1) + k
+    padded = padded[..., phase : phase + span_h, phase : phase + span_w]
+    weight = kernel.to(x).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
+    out = F.conv2d(padded.reshape(1, bsz * ch, span_h, span_w), weight, stride=scale, groups=bsz * ch)
+    return out.view(bsz, ch, oh, ow)
+
+
 @lru_cache(maxsize=64)
 def _matlab_weights(in_len: int, out_len: int, scale: float, antialias: bool) -> Tensor:
     """Dense ``(out_len, in_len)`` MATLAB ``imresize`` bicubic weights (float64, CPU), symmetric borders."""
@@ -195,4 +239,4 @@ def unsharp_mask(x: Tensor, weight: float = 0.5, radius: int = 50, threshold: fl
 
 def quantize(x: Tensor) -> Tensor:
     """Round to 8-bit levels and clamp to ``[0, 1]`` (what saving to PNG does)."""
-    return (x.clamp(0, 1) * 255).round() / 255
+    return x.clamp(0, 1).mul(255).round_().div_(255)

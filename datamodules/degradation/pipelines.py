@@ -92,7 +92,7 @@ class ClassicalDegradation(Degradation):
     def apply(self, hr: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Blur with the sampled kernels, decimate with the aligned phase, add noise, quantise."""
         kernel = self.kernel_sampler.kernels(params, self.scale).to(hr)
-        lr = ops.decimate(ops.blur(hr, kernel, border=self.border), self.scale, self.phase)
+        lr = ops.blur_decimate(hr, kernel, self.scale, self.phase, border=self.border)
         if "noise" in params:
             lr = ops.add_noise(lr, params["noise"].to(lr))
         lr = ops.quantize(lr) if self.quantize else lr.clamp(0, 1)
