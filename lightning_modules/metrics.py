@@ -497,7 +497,17 @@ class _MeanOfPerItem(Metric, ABC):
         return self.total / self.count
 
 
-class PSNRY(_MeanOfPerItem):
+class _ProtocolMetric(_MeanOfPerItem, ABC):
+    """A per-image image-quality metric evaluated under a named protocol (shave, Y rounding, quantisation)."""
+
+    def __init__(self, scale: int, protocol: str = "standard", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.protocol_name = protocol
+        self.protocol = get_metric_protocol(protocol)
+        self.shave = resolve_shave(self.protocol, scale)
+
+
+class PSNRY(_ProtocolMetric):
     """Mean per-image Y-channel PSNR under a named protocol, DDP-syncable.
 
     Per-image PSNR is clamped at :data:`PSNR_CLAMP_DB` (100 dB) before averaging, so an image reproduced exactly
@@ -517,18 +527,12 @@ class PSNRY(_MeanOfPerItem):
 
     higher_is_better = True
 
-    def __init__(self, scale: int, protocol: str = "standard", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.protocol_name = protocol
-        self.protocol = get_metric_protocol(protocol)
-        self.shave = resolve_shave(self.protocol, scale)
-
     def _per_item(self, preds: Tensor, target: Tensor) -> Tensor:
         values = psnr_y(preds, target, self.shave, round_y=self.protocol.round_y, quantize=self.protocol.quantize)
         return values.clamp(max=PSNR_CLAMP_DB)
 
 
-class SSIMY(_MeanOfPerItem):
+class SSIMY(_ProtocolMetric):
     """Mean per-image Y-channel SSIM under a named protocol, DDP-syncable.
 
     Args:
@@ -541,12 +545,6 @@ class SSIMY(_MeanOfPerItem):
     """
 
     higher_is_better = True
-
-    def __init__(self, scale: int, protocol: str = "standard", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.protocol_name = protocol
-        self.protocol = get_metric_protocol(protocol)
-        self.shave = resolve_shave(self.protocol, scale)
 
     def _per_item(self, preds: Tensor, target: Tensor) -> Tensor:
         p = self.protocol
