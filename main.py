@@ -16,6 +16,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 from datamodules.sr_datamodule import SRDataModule
 from lightning_modules.base import SRSystem
 from lightning_modules.checkpoints import check_state_dict, read_checkpoint
+from lightning_modules.runtime import keep_freed_memory
 
 
 def wandb_configured() -> bool:
@@ -74,6 +75,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> BlindSRCLI:
         args: Command-line arguments (``None``: ``sys.argv[1:]``).
         run: Run the subcommand; ``False`` only instantiates model, data and trainer (no subcommand in ``args``).
     """
+    keep_freed_memory()  # large CPU tensors would otherwise page-fault on every step (lightning_modules/runtime.py)
     logger = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {"project": "blindsr", "save_dir": "runs", "offline": not wandb_configured()},

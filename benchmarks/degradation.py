@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from datamodules.degradation import ClassicalDegradation, DIV2KRKKernelSampler, ops
+from lightning_modules.runtime import keep_freed_memory
 
 
 def _sync(device: torch.device) -> None:
@@ -82,11 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--devices", nargs="+", default=None, help="devices to time (default: cpu, plus cuda when available)"
     )
     args = parser.parse_args(argv)
+    allocator = "glibc, freed memory kept" if keep_freed_memory() else "default allocator"
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = [run(torch.device(d), args.batch, args.size, args.scale, args.repeats) for d in devices]
     print(
         f"DIV2KRK x{args.scale} pipeline, batch {args.batch} of {args.size}x{args.size} HR, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, {allocator} (lightning_modules/runtime.py, as main.py)"
     )
     head = ["batched s", "unfused s", "loop s", "loop unf. s", "patches/s", "vs loop", "vs unf. loop"]
     print(f"{'device':8} " + " ".join(f"{h:>12}" for h in head))

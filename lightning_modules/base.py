@@ -106,7 +106,7 @@ class SRSystem(L.LightningModule, ABC):
             resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1), batch["hr"]
         )
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
-        self.log_dict(self.val_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0])
+        self.log_dict(self.val_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Evaluate one benchmark image (tiled), collect its table row, optionally save the SR image."""

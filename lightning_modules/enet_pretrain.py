@@ -37,6 +37,8 @@ class ENetPretrain(SRSystem):
         head_hidden: Width of the head's first FC layer (not given in the paper).
         enet_channels: E-Net convolution widths (paper: 32, 64, 128, 256).
         dropout: E-Net dropout (paper: 0.5).
+        input_norm: Standardise each LR Y image before E-Net (not in the paper; see ``ENet``). Much faster to
+            learn from few steps; the mixture stage must use the same setting (``enet_input_norm``).
         lr: Initial SGD learning rate (paper: 1e-2).
         momentum: SGD momentum (paper: 0.9).
         weight_decay: SGD weight decay (not in the paper: 0).
@@ -53,6 +55,7 @@ class ENetPretrain(SRSystem):
         head_hidden: int = 64,
         enet_channels: tuple[int, int, int, int] = (32, 64, 128, 256),
         dropout: float = 0.5,
+        input_norm: bool = False,
         lr: float = 1e-2,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -64,7 +67,7 @@ class ENetPretrain(SRSystem):
         self.save_hyperparameters(ignore=list(RUNTIME_HPARAMS))
         if lr_step_interval not in ("epoch", "step"):
             raise ValueError(f"lr_step_interval must be 'epoch' or 'step', got {lr_step_interval!r}")
-        self.enet = ENet(num_states, enet_channels, dropout)
+        self.enet = ENet(num_states, enet_channels, dropout, input_norm=input_norm)
         self.head = KernelClassifierHead(num_states, num_kernels, head_hidden)
         self.num_kernels = num_kernels
         self.train_acc = MulticlassAccuracy(num_classes=num_kernels, average="micro")

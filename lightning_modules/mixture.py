@@ -72,7 +72,7 @@ from torchmetrics import MeanMetric
 from datamodules.degradation.mixture import mixture_kernels
 from datamodules.degradation.ops import resize
 from lightning_modules.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.checkpoints import load_weights
+from lightning_modules.checkpoints import CheckpointError, check_state_dict, read_checkpoint
 from lightning_modules.nets.mixture import ENet, MixtureBranches
 from lightning_modules.tiling import tiled_forward
 
@@ -185,6 +185,8 @@ class MixtureSR(SRSystem):
         recon_channels: Transposed-convolution outputs of a branch (paper: 8).
         enet_channels: E-Net convolution widths (paper: 32, 64, 128, 256).
         dropout: E-Net dropout (paper: 0.5).
+        enet_input_norm: Standardise each LR Y image before E-Net (not in the paper); must be what the E-Net was
+            pre-trained with (``input_norm`` of ``ENetPretrain``; checked when the checkpoint is read).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -207,6 +209,7 @@ class MixtureSR(SRSystem):
         recon_channels: int = 8,
         enet_channels: tuple[int, int, int, int] = (32, 64, 128, 256),
         dropout: float = 0.5,
+        enet_input_norm: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -221,7 +224,9 @@ class MixtureSR(SRSystem):
         self.inference = inference
         self.num_branches = num_branches
         self.branches = MixtureBranches(self.scale, num_branches, channels, mapping_layers, recon_channels)
-        self.enet = ENet(num_branches, enet_channels, dropout) if variant != "average" else None
+        self.enet = (
+            None if variant == "average" else ENet(num_branches, enet_channels, dropout, input_norm=enet_input_norm)
+        )
         self.uses_pretraining = variant in ("ours", "hard", "hard_alternating")
         self.prior = copy.deepcopy(self.enet) if variant in ("ours", "hard") else None
         if self.prior is not None:
@@ -230,6 +235,7 @@ class MixtureSR(SRSystem):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._stash: tuple[Tensor, dict[str, Tensor]] | None = None
+        self._keep_parts = False
 
     # ------------------------------------------------------------------------------------------ set-up, modes
     @property
@@ -241,12 +247,20 @@ class MixtureSR(SRSystem):
         """Initialise E-Net (and the frozen prior) from a pre-training checkpoint; stops if it is missing."""
         path = path or self.enet_ckpt_path
         command = PRETRAIN_COMMAND + ("" if self.scale == 2 else f" --data.init_args.scale {self.scale}")
-        load_weights(self.enet, path, command, prefix="enet.")
+        ckpt = read_checkpoint(path, command)
+        theirs = ckpt.get("hyper_parameters", {})
+        if "input_norm" in theirs and bool(theirs["input_norm"]) != self.hparams.enet_input_norm:
+            raise CheckpointError(
+                f"checkpoint {path} was pre-trained with input_norm={theirs['input_norm']} but this model has "
+                f"enet_input_norm={self.hparams.enet_input_norm}: pass --model.init_args.enet_input_norm "
+                f"{str(bool(theirs['input_norm'])).lower()}"
+            )
+        self.enet.load_state_dict(check_state_dict(self.enet, ckpt["state_dict"], path, command, "enet."))
         if self.prior is not None:
             self.prior.load_state_dict(self.enet.state_dict())
 
     def setup(self, stage: str) -> None:
-        """Check the data scale; at the start of a fresh ``fit``, load the pre-trained E-Net where the variant needs it."""
+        """Check the data scale; at the start of a fresh ``fit``, load the pre-trained E-Net if the variant needs it."""
         super().setup(stage)
         resuming = getattr(self.trainer, "ckpt_path", None) is not None
         if stage == "fit" and self.uses_pretraining and not resuming:
@@ -307,7 +321,7 @@ class MixtureSR(SRSystem):
             q: Optional posterior ``(B, M)`` to use instead of E-Net's on ``lr`` (tiling uses the whole image's).
         """
         parts = self._parts(lr, q)
-        if not self.training:
+        if self._keep_parts:
             self._stash = (lr, parts)
         return self._combine(parts)
 
@@ -334,7 +348,7 @@ class MixtureSR(SRSystem):
         return "branches" if (self.global_step // self.hparams.alternate_every) % 2 == 0 else "enet"
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        """Eq. (12) (or the variant's objective) on the Y channel; logs ``train/loss``, ``train/recon``, ``train/kl``."""
+        """Eq. (12) (or the variant's objective) on Y; logs ``train/loss``, ``train/recon``, ``train/kl``."""
         y_hr = rgb_to_y(batch["hr"])
         bsz = y_hr.shape[0]
         if self.variant == "hard_alternating":
@@ -371,8 +385,11 @@ class MixtureSR(SRSystem):
     # -------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Base metrics (``val/psnr_y``, ...) plus ``val/loss``, the Eq. (12) objective (drives the lr decay)."""
-        self._stash = None
-        super().validation_step(batch, batch_idx)
+        self._stash, self._keep_parts = None, True
+        try:
+            super().validation_step(batch, batch_idx)
+        finally:
+            self._keep_parts = False
         if self._stash is not None and self._stash[0] is batch["lr"]:
             parts = self._stash[1]
         else:
@@ -461,7 +478,7 @@ def render_pca_panels(
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     lo = points.min(dim=0).values
-    span = (points.max(dim=0).values - lo).clamp_min(1e-12)
+    span = (points.max(dim=0).values - lo).clamp_min(1e-6)  # components at rounding level stay flat
     for r, (title, mask) in enumerate(groups):
         top = margin + r * (panel + margin + title_h)
         for c, (a, b) in enumerate(pairs):

@@ -223,7 +223,7 @@ def test_state_dict_round_trip_and_resumed_stream(hr_dir):
     path = Path(str(hr_dir) + "_state.pt")
     torch.save(state, path)  # as in a checkpoint file
     resumed = _dm(hr_dir)
-    resumed.load_state_dict(torch.load(path))
+    resumed.load_state_dict(torch.load(path, weights_only=True))
     assert resumed.batches_seen == 2
     assert resumed.state_dict()["batches_seen"] == 2
     resumed.trainer = _stand_in()
@@ -256,7 +256,7 @@ def _resume_run(hr_dir: Path, tmp_path: Path, resume_step: int) -> tuple[Recorde
         full, datamodule=_dm(hr_dir)
     )
     ckpt = tmp_path / f"step={resume_step}.ckpt"
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["SRDataModule"]["batches_seen"] == resume_step
 
     resumed = Recorder()

@@ -264,6 +264,8 @@ def blur_decimate(
 ) -> Tensor:
     """Eq. (1) without noise: correlate each image with its kernel, keep every ``scale``-th pixel from ``phase``.
 
+    Only the kept pixels are computed (one strided depthwise convolution, as ``ops.blur_decimate``).
+
     Args:
         hr: ``(B, C, H, W)``.
         kernels: ``(B, k, k)`` or ``(k, k)`` kernels (odd ``k``), applied by correlation.
@@ -275,13 +277,21 @@ def blur_decimate(
         ``(B, C, H // scale, W // scale)``, not quantised.
     """
     phase = scale // 2 if phase is None else phase
-    if border == "symmetric":
-        r = kernels.shape[-1] // 2
-        blurred = ops.blur(pad_symmetric(hr, r), kernels, border="constant")
-        blurred = blurred[..., r:-r, r:-r] if r else blurred
-    else:
-        blurred = ops.blur(hr, kernels, border=border)
-    return ops.decimate(blurred, scale, phase)
+    if border != "symmetric":
+        return ops.blur_decimate(hr, kernels, scale, phase, border=border)
+    if kernels.dim() == 2:
+        kernels = kernels[None]
+    bsz, ch, h, w = hr.shape
+    k = kernels.shape[-1]
+    if k % 2 == 0 or kernels.shape[0] not in (1, bsz):
+        raise ValueError(f"need odd (1 or {bsz}, k, k) kernels, got {tuple(kernels.shape)}")
+    if not 0 <= phase < scale:
+        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
+    # output i reads hr[phase + s*i + j - k//2], j < k: symmetric padding by k//2, then a 'valid' strided correlation
+    padded = pad_symmetric(hr, k // 2)[..., phase:, phase:]
+    weight = kernels.to(hr).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
+    out = F.conv2d(padded.reshape(1, bsz * ch, *padded.shape[-2:]), weight, stride=scale, groups=bsz * ch)
+    return out.view(bsz, ch, *out.shape[-2:])[..., : h // scale, : w // scale]
 
 
 class MixtureDegradation(Degradation):
@@ -398,19 +408,19 @@ def write_test_set(
         (out / sub).mkdir(parents=True, exist_ok=True)
     deg.split.save(out / "split.json")
     files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg", ".tif"))
-    bank = mixture_kernels(deg.ids.tolist(), dtype=torch.float64)
+    bank = mixture_kernels(deg.ids.tolist())
     count = 0
     for path in files:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
         h, w = arr.shape[0] // scale * scale, arr.shape[1] // scale * scale
-        arr = np.ascontiguousarray(arr[:h, :w])
+        arr = arr[:h, :w].copy()
         full = out / "HR_full" / f"{path.stem}.png"
         Image.fromarray(arr).save(full)
-        hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() / 255
-        for kid, kernel in zip(deg.ids.tolist(), bank, strict=True):
+        hr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+        lrs = deg.degrade(hr.expand(len(bank), -1, -1, -1), bank)  # every kernel in one batched pass
+        for kid, kernel, lr in zip(deg.ids.tolist(), bank, lrs, strict=True):
             name = f"{path.stem}_k{kid:02d}"
-            lr = deg.degrade(hr, kernel[None])[0]
             lr8 = (lr * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(lr8).save(out / "LR" / f"{name}.png")
             link = out / "HR" / f"{name}.png"
@@ -419,7 +429,7 @@ def write_test_set(
                 os.link(full, link)
             except OSError:
                 Image.fromarray(arr).save(link)
-            scipy.io.savemat(out / "kernels" / f"{name}.mat", {"Kernel": kernel.numpy()})
+            scipy.io.savemat(out / "kernels" / f"{name}.mat", {"Kernel": kernel.double().numpy()})
             count += 1
     return count
 

@@ -104,15 +104,18 @@ def blur_decimate(
         raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
     k = kernel.shape[-1]
     before, after = (k - 1) // 2, k // 2
-    pad_mode = {"reflect": "reflect", "replicate": "replicate", "circular": "circular", "constant": "constant"}[border]
-    padded = F.pad(x, (before, after, before, after), mode=pad_mode)
+    if border not in ("reflect", "replicate", "circular", "constant"):
+        raise ValueError(f"border must be reflect, replicate, circular or constant, got {border!r}")
     oh, ow = h // scale, w // scale
-    # output i reads padded[phase + s*i + j], j < k: crop so that the strided convolution yields exactly (oh, ow)
-    span_h, span_w = scale * (oh - 1) + k, scale * (ow - 1) + k
-    padded = padded[..., phase : phase + span_h, phase : phase + span_w]
+    # output i reads x[phase + s*i + j - before], j < k: shift the padding by the phase (same total, no input copy)
+    if phase <= before and after + phase < min(h, w):
+        padded = F.pad(x, (before - phase, after + phase, before - phase, after + phase), mode=border)
+    else:
+        padded = F.pad(x, (before, after, before, after), mode=border)[..., phase:, phase:]
+    span_h, span_w = padded.shape[-2:]
     weight = kernel.to(x).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
     out = F.conv2d(padded.reshape(1, bsz * ch, span_h, span_w), weight, stride=scale, groups=bsz * ch)
-    return out.view(bsz, ch, oh, ow)
+    return out[..., :oh, :ow].reshape(bsz, ch, oh, ow)
 
 
 @lru_cache(maxsize=64)
