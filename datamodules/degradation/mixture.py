@@ -54,11 +54,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.ops import Border
 from datamodules.degradation.pipelines import Degradation
 from datamodules.degradation.samplers import KernelBankSampler
 
@@ -71,7 +71,6 @@ NUM_SEEN = 29
 
 KernelGroup = Literal["seen", "unseen", "all"]
 IsotropicPolicy = Literal["unseen", "seen", "random"]
-Border = Literal["symmetric", "reflect", "replicate", "circular", "constant"]
 
 
 def _entries(include_pi: bool) -> list[tuple[float, float, int]]:
@@ -248,50 +247,19 @@ def load_or_make_split(
     return stored
 
 
-def pad_symmetric(x: Tensor, pad: int) -> Tensor:
-    """Half-sample symmetric padding ``(d c b a | a b c d | d c b a)`` of the last two axes (scipy ``'reflect'``)."""
-    if pad == 0:
-        return x
-    h, w = x.shape[-2:]
-    if pad > min(h, w):
-        raise ValueError(f"symmetric padding of {pad} needs an image of at least {pad}x{pad}, got {h}x{w}")
-    x = torch.cat([x[..., :pad, :].flip(-2), x, x[..., -pad:, :].flip(-2)], dim=-2)
-    return torch.cat([x[..., :pad].flip(-1), x, x[..., -pad:].flip(-1)], dim=-1)
-
-
 def blur_decimate(
     hr: Tensor, kernels: Tensor, scale: int, phase: int | None = None, border: Border = "symmetric"
 ) -> Tensor:
-    """Eq. (1) without noise: correlate each image with its kernel, keep every ``scale``-th pixel from ``phase``.
+    """Eq. (1) without noise, with the official code's conventions (``ops.blur_decimate``).
 
-    Only the kept pixels are computed (one strided depthwise convolution, as ``ops.blur_decimate``).
-
-    Args:
-        hr: ``(B, C, H, W)``.
-        kernels: ``(B, k, k)`` or ``(k, k)`` kernels (odd ``k``), applied by correlation.
-        scale: Decimation factor.
-        phase: First kept pixel; ``None`` -> ``scale // 2`` (PIL ``NEAREST``, the official code).
-        border: ``"symmetric"`` (scipy ``ndimage.correlate``'s default, the official code) or a Kornia border.
+    Correlation with scipy's symmetric border, keeping every ``scale``-th pixel from ``phase`` (``None``:
+    ``scale // 2``, as PIL ``NEAREST``).
 
     Returns:
         ``(B, C, H // scale, W // scale)``, not quantised.
     """
     phase = scale // 2 if phase is None else phase
-    if border != "symmetric":
-        return ops.blur_decimate(hr, kernels, scale, phase, border=border)
-    if kernels.dim() == 2:
-        kernels = kernels[None]
-    bsz, ch, h, w = hr.shape
-    k = kernels.shape[-1]
-    if k % 2 == 0 or kernels.shape[0] not in (1, bsz):
-        raise ValueError(f"need odd (1 or {bsz}, k, k) kernels, got {tuple(kernels.shape)}")
-    if not 0 <= phase < scale:
-        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
-    # output i reads hr[phase + s*i + j - k//2], j < k: symmetric padding by k//2, then a 'valid' strided correlation
-    padded = pad_symmetric(hr, k // 2)[..., phase:, phase:]
-    weight = kernels.to(hr).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
-    out = F.conv2d(padded.reshape(1, bsz * ch, *padded.shape[-2:]), weight, stride=scale, groups=bsz * ch)
-    return out.view(bsz, ch, *out.shape[-2:])[..., : h // scale, : w // scale]
+    return ops.blur_decimate(hr, kernels, scale, phase, border=border)
 
 
 class MixtureDegradation(Degradation):

@@ -28,6 +28,7 @@ from torch import Tensor
 from datamodules.degradation.kernels import cubic, gaussian_kernels
 
 BlurMode = Literal["correlate", "convolve"]
+Border = Literal["reflect", "replicate", "circular", "constant", "symmetric"]
 ResizeConvention = Literal["torch", "matlab"]
 
 
@@ -71,8 +72,26 @@ def decimate(x: Tensor, scale: int, phase: int = 0) -> Tensor:
     return x[..., phase : phase + scale * h : scale, phase : phase + scale * w : scale]
 
 
+def pad_symmetric(x: Tensor, before: int, after: int) -> Tensor:
+    """Half-sample symmetric padding ``(c b a | a b c | c b a)`` of the last two axes (scipy ``ndimage`` 'reflect')."""
+    h, w = x.shape[-2:]
+    if max(before, after) > min(h, w):
+        raise ValueError(f"symmetric padding of {max(before, after)} needs at least that many pixels, got {h}x{w}")
+    parts_h = [x[..., :before, :].flip(-2), x, x[..., h - after :, :].flip(-2)]
+    x = torch.cat(parts_h, dim=-2)
+    return torch.cat([x[..., :before].flip(-1), x, x[..., w - after :].flip(-1)], dim=-1)
+
+
+def _pad(x: Tensor, left: int, right: int, top: int, bottom: int, border: Border) -> Tensor:
+    if border == "symmetric":
+        if (left, right) != (top, bottom):
+            raise ValueError("symmetric padding is applied equally to both axes")
+        return pad_symmetric(x, left, right)
+    return F.pad(x, (left, right, top, bottom), mode=border)
+
+
 def blur_decimate(
-    x: Tensor, kernel: Tensor, scale: int, phase: int = 0, mode: BlurMode = "correlate", border: str = "reflect"
+    x: Tensor, kernel: Tensor, scale: int, phase: int = 0, mode: BlurMode = "correlate", border: Border = "reflect"
 ) -> Tensor:
     """``decimate(blur(x, kernel, mode, border), scale, phase)`` in one strided depthwise convolution.
 
@@ -85,7 +104,8 @@ def blur_decimate(
         scale: Decimation factor ``s``.
         phase: First kept pixel in both axes, ``0 <= phase < s``.
         mode: ``"correlate"`` or ``"convolve"`` (as ``blur``).
-        border: ``"reflect"``, ``"replicate"``, ``"circular"`` or ``"constant"`` (as ``blur``).
+        border: ``"reflect"``, ``"replicate"``, ``"circular"``, ``"constant"`` (as ``blur``) or ``"symmetric"``
+            (scipy ``ndimage``'s default 'reflect', which repeats the edge pixel; the mixture paper's code).
 
     Returns:
         ``(B, C, H // s, W // s)``.
@@ -104,14 +124,14 @@ def blur_decimate(
         raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
     k = kernel.shape[-1]
     before, after = (k - 1) // 2, k // 2
-    if border not in ("reflect", "replicate", "circular", "constant"):
-        raise ValueError(f"border must be reflect, replicate, circular or constant, got {border!r}")
+    if border not in ("reflect", "replicate", "circular", "constant", "symmetric"):
+        raise ValueError(f"border must be reflect, replicate, circular, constant or symmetric, got {border!r}")
     oh, ow = h // scale, w // scale
     # output i reads x[phase + s*i + j - before], j < k: shift the padding by the phase (same total, no input copy)
     if phase <= before and after + phase < min(h, w):
-        padded = F.pad(x, (before - phase, after + phase, before - phase, after + phase), mode=border)
+        padded = _pad(x, before - phase, after + phase, before - phase, after + phase, border)
     else:
-        padded = F.pad(x, (before, after, before, after), mode=border)[..., phase:, phase:]
+        padded = _pad(x, before, after, before, after, border)[..., phase:, phase:]
     span_h, span_w = padded.shape[-2:]
     weight = kernel.to(x).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
     out = F.conv2d(padded.reshape(1, bsz * ch, span_h, span_w), weight, stride=scale, groups=bsz * ch)
