@@ -7,8 +7,9 @@ A system subclasses ``SRSystem`` and implements ``super_resolve(lr) -> sr``; ker
   MATLAB-bicubic upsampling of the same LR as ``val/bicubic_psnr_y``, ``val/bicubic_ssim_y`` (the reference every run
   is compared with on the dashboard).
 * ``test_step``: tiled ``super_resolve`` on full benchmark images; ``test/psnr_y``, ``test/ssim_y`` (and
-  ``test/kernel_sae``, ``test/kernel_l2``); a per-image table written as CSV to the log dir and logged to W&B as a
-  table; SR images saved as PNG when ``save_images``.
+  ``test/kernel_sae``, ``test/kernel_l2``), next to MATLAB-bicubic ``test/bicubic_psnr_y``, ``test/bicubic_ssim_y``;
+  a per-image table written as CSV to the log dir and logged to W&B as a table; SR images saved as PNG when
+  ``save_images``.
 * ``predict_step``: tiled ``super_resolve``; writes ``<name>_x<scale>.png`` (and kernels where estimated).
 """
 
@@ -76,6 +77,7 @@ class SRSystem(L.LightningModule, ABC):
         self.val_metrics = make_sr_metrics(scale, metric_protocol, prefix="val/")
         self.val_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="val/bicubic_")
         self.test_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/")
+        self.test_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/bicubic_")
         self.test_kernel_metrics = make_kernel_metrics(prefix="test/")
         self._rows: list[dict] = []
 
@@ -118,6 +120,10 @@ class SRSystem(L.LightningModule, ABC):
             self.test_metrics.update(sr, hr)
             self.log_dict(self.test_metrics, on_epoch=True, batch_size=sr.shape[0])
             self._add_columns(rows, self.test_metrics)
+            bicubic = resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1)
+            self.test_bicubic_metrics.update(bicubic, hr)
+            self.log_dict(self.test_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0])
+            self._add_columns(rows, self.test_bicubic_metrics, column_prefix="bicubic_")
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
             est = self.estimate_kernel(batch["lr"])
             gt = batch["kernel"].to(est)
@@ -172,11 +178,11 @@ class SRSystem(L.LightningModule, ABC):
 
     # ----------------------------------------------------------------------------------------------- helpers
     @staticmethod
-    def _add_columns(rows: list[dict], metrics: MetricCollection) -> None:
+    def _add_columns(rows: list[dict], metrics: MetricCollection, column_prefix: str = "") -> None:
         """Copy each metric's per-image values of the latest update into the table rows."""
         for name, metric in metrics.items(keep_base=True):
             for row, value in zip(rows, metric.last_values.tolist(), strict=True):
-                row[name] = value
+                row[column_prefix + name] = value
 
     def _tiled(self, lr: Tensor) -> Tensor:
         return tiled_forward(self.super_resolve, lr, self.scale, self.tile_size, self.tile_overlap)

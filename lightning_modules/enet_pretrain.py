@@ -39,8 +39,10 @@ class ENetPretrain(SRSystem):
         dropout: E-Net dropout (paper: 0.5).
         input_norm: Standardise each LR Y image before E-Net (not in the paper; see ``ENet``). Much faster to
             learn from few steps; the mixture stage must use the same setting (``enet_input_norm``).
-        lr: Initial SGD learning rate (paper: 1e-2).
-        momentum: SGD momentum (paper: 0.9).
+        optimizer: ``"sgd"`` (paper: SGD with momentum) or ``"adam"`` (not in the paper; for short CPU budgets,
+            where SGD through the ``M``-score bottleneck barely leaves chance in a few thousand steps).
+        lr: Initial learning rate (paper: 1e-2 with SGD).
+        momentum: SGD momentum (paper: 0.9); Adam's ``beta1`` is left at 0.9.
         weight_decay: SGD weight decay (not in the paper: 0).
         lr_step: Divide the learning rate by 10 every ``lr_step`` epochs (paper: 20) or steps (see
             ``lr_step_interval``); ``0`` keeps it constant.
@@ -56,6 +58,7 @@ class ENetPretrain(SRSystem):
         enet_channels: tuple[int, int, int, int] = (32, 64, 128, 256),
         dropout: float = 0.5,
         input_norm: bool = False,
+        optimizer: Literal["sgd", "adam"] = "sgd",
         lr: float = 1e-2,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -65,6 +68,8 @@ class ENetPretrain(SRSystem):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=list(RUNTIME_HPARAMS))
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         if lr_step_interval not in ("epoch", "step"):
             raise ValueError(f"lr_step_interval must be 'epoch' or 'step', got {lr_step_interval!r}")
         self.enet = ENet(num_states, enet_channels, dropout, input_norm=input_norm)
@@ -124,9 +129,12 @@ class ENetPretrain(SRSystem):
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True, batch_size=bsz)
 
     def configure_optimizers(self) -> dict:
-        """SGD (momentum 0.9), learning rate divided by 10 every ``lr_step`` epochs (or steps)."""
+        """SGD (momentum 0.9) or Adam; learning rate divided by 10 every ``lr_step`` epochs (or steps)."""
         hp = self.hparams
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if hp.lr_step <= 0:
             return {"optimizer": opt}
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_step, gamma=0.1)

@@ -173,8 +173,10 @@ class MixtureSR(SRSystem):
             model's scale. Read at the start of ``fit`` for ``ours``, ``hard`` and ``hard_alternating``.
         kl_weight: ``lambda`` of Eq. (12) (paper: 0.05).
         reduction: ``"sum"``: ``||H - F||^2`` summed over the pixels of each image (Eq. 12); ``"mean"``: averaged.
-        lr_branches: SGD learning rate of the branches (paper: 1e-2).
-        lr_enet: SGD learning rate of E-Net (paper: 1e-4).
+        optimizer: ``"sgd"`` (paper) or ``"adam"`` (not in the paper; for short CPU budgets). Both use the two
+            parameter groups and the plateau schedule.
+        lr_branches: Learning rate of the branches (paper: 1e-2 with SGD).
+        lr_enet: Learning rate of E-Net (paper: 1e-4 with SGD).
         momentum: SGD momentum (paper: 0.9).
         weight_decay: SGD weight decay (not in the paper: 0).
         plateau_patience: Validations without improvement of ``val/loss`` before both learning rates are divided
@@ -198,6 +200,7 @@ class MixtureSR(SRSystem):
         enet_ckpt: str = "checkpoints/mixture/enet_x{scale}/last.ckpt",
         kl_weight: float = 0.05,
         reduction: Literal["sum", "mean"] = "sum",
+        optimizer: Literal["sgd", "adam"] = "sgd",
         lr_branches: float = 1e-2,
         lr_enet: float = 1e-4,
         momentum: float = 0.9,
@@ -214,6 +217,8 @@ class MixtureSR(SRSystem):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=list(MIXTURE_RUNTIME_HPARAMS))
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         if variant not in ("ours", "average", "no_pretrain", "hard", "hard_alternating"):
             raise ValueError(f"unknown variant {variant!r}")
         if inference == "auto":
@@ -410,12 +415,15 @@ class MixtureSR(SRSystem):
 
     # ------------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """SGD (momentum 0.9) with two parameter groups: branches (``lr_branches``), E-Net (``lr_enet``)."""
+        """SGD (momentum 0.9) or Adam with two parameter groups: branches (``lr_branches``), E-Net (``lr_enet``)."""
         hp = self.hparams
         groups = [{"params": list(self.branches.parameters()), "lr": hp.lr_branches, "name": "branches"}]
         if self.enet is not None:
             groups.append({"params": list(self.enet.parameters()), "lr": hp.lr_enet, "name": "enet"})
-        opt = torch.optim.SGD(groups, lr=hp.lr_branches, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=hp.lr_branches, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(groups, lr=hp.lr_branches, momentum=hp.momentum, weight_decay=hp.weight_decay)
         self._plateau = None
         if hp.plateau_patience is not None:
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

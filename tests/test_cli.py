@@ -81,7 +81,11 @@ def test_fit_test_predict_chain(tmp_path, tiny_div2krk):
     run(["fit", *common, root])
     last = tmp_path / "ckpt" / "x2" / "last.ckpt"
     assert last.is_file()
-    run(["fit", *common, root])  # a second run into the same folder must not fail on the saved config
+    first = torch.load(last, weights_only=True)["state_dict"]
+    run(["fit", *common, root, "--seed_everything=1"])  # a second run into the same folder must not fail
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # overwritten, not last-v1.ckpt
+    second = torch.load(last, weights_only=True)["state_dict"]
+    assert any(not torch.equal(first[k], second[k]) for k in first)
     out_dir = tmp_path / "out"
     run(["test", *common, root, f"--data.init_args.test_set={tiny_div2krk}", f"--ckpt_path={last}",
          f"--model.init_args.output_dir={out_dir}", "--model.init_args.save_images=true"])  # fmt: skip
@@ -155,6 +159,8 @@ def test_two_process_test_table_gathers_every_image(tmp_path, tiny_div2krk):
     assert [r["name"] for r in two] == [r["name"] for r in one] == ["im_1", "im_2", "im_3", "im_4", "mean"]
     for a, b in zip(one, two, strict=True):
         assert abs(float(a["psnr_y"]) - float(b["psnr_y"])) < 1e-9
+        # the bicubic reference column of every test table is MATLAB bicubic: for the Bicubic system, itself
+        assert float(a["bicubic_psnr_y"]) == float(a["psnr_y"]) and float(a["bicubic_ssim_y"]) == float(a["ssim_y"])
 
 
 @pytest.mark.slow

@@ -469,6 +469,20 @@ def test_written_test_set_reads_as_a_benchmark_and_regenerates(tiny_test_set):
     torch.testing.assert_close(item["kernel"], mdeg.mixture_kernels([kid])[0])
 
 
+def test_test_set_subset_cycles_through_the_kernels(tmp_path):
+    crop = load_rgb(builtin_photo_paths()[1])[100:124, 100:124]
+    (tmp_path / "hr").mkdir()
+    for i in range(3):
+        Image.fromarray(np.ascontiguousarray(crop)).save(tmp_path / "hr" / f"im{i}.png")
+    n = mdeg.write_test_set(tmp_path / "hr", tmp_path / "set", kernels="unseen", kernels_per_image=10, max_images=3)
+    assert n == 30
+    names = sorted(p.stem for p in (tmp_path / "set" / "LR").iterdir())
+    unseen = list(mdeg.make_split(0).unseen)
+    im1 = sorted(int(n.rsplit("_k", 1)[1]) for n in names if n.startswith("im1_"))
+    assert im1 == sorted(unseen[(10 + j) % 23] for j in range(10))
+    assert {int(n.rsplit("_k", 1)[1]) for n in names} == set(unseen)  # 30 draws cover all 23 kernels
+
+
 # ------------------------------------------------------------------------------------------ it learns
 PHOTOS = {p.name: p for p in builtin_photo_paths()}
 TRAIN = ("astronaut.png", "coffee.png", "ihc.png", "motorcycle_left.png", "rocket.jpg")

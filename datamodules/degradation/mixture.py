@@ -355,8 +355,14 @@ def write_test_set(
     split_seed: int = 0,
     split_file: str | None = None,
     isotropic: IsotropicPolicy = "unseen",
+    kernels_per_image: int | None = None,
+    max_images: int | None = None,
 ) -> int:
     """Write a test set: every HR image blurred and decimated with every kernel of a group, "paired" layout.
+
+    ``kernels_per_image`` (for small budgets; the paper uses every kernel) gives image ``i`` (in sorted order) only
+    the kernels at positions ``(i * n + j) mod K``, ``j < n``, of the group, so consecutive images cycle through all
+    ``K`` kernels; ``max_images`` keeps the first images only.
 
     ``out/HR_full/<stem>.png`` (the HR image mod-cropped to ``scale``), ``out/HR/<stem>_k<id>.png`` (hard links to
     it, copies where links fail), ``out/LR/<stem>_k<id>.png`` and ``out/kernels/<stem>_k<id>.mat`` (key
@@ -376,9 +382,15 @@ def write_test_set(
         (out / sub).mkdir(parents=True, exist_ok=True)
     deg.split.save(out / "split.json")
     files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg", ".tif"))
-    bank = mixture_kernels(deg.ids.tolist())
+    if not files:
+        raise FileNotFoundError(f"no images in {hr_dir}")
+    files = files[:max_images] if max_images else files
+    all_ids, all_kernels = deg.ids, mixture_kernels(deg.ids.tolist())
+    per_image = len(all_ids) if not kernels_per_image else min(kernels_per_image, len(all_ids))
     count = 0
-    for path in files:
+    for index, path in enumerate(files):
+        pick = (index * per_image + torch.arange(per_image)) % len(all_ids)
+        ids, bank = all_ids[pick], all_kernels[pick]
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
         h, w = arr.shape[0] // scale * scale, arr.shape[1] // scale * scale
@@ -387,7 +399,7 @@ def write_test_set(
         Image.fromarray(arr).save(full)
         hr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
         lrs = deg.degrade(hr.expand(len(bank), -1, -1, -1), bank)  # every kernel in one batched pass
-        for kid, kernel, lr in zip(deg.ids.tolist(), bank, lrs, strict=True):
+        for kid, kernel, lr in zip(ids.tolist(), bank, lrs, strict=True):
             name = f"{path.stem}_k{kid:02d}"
             lr8 = (lr * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(lr8).save(out / "LR" / f"{name}.png")
@@ -415,8 +427,16 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernels", choices=["seen", "unseen", "all"], default="unseen")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--split-file", default="checkpoints/mixture/kernel_split.json")
+    parser.add_argument(
+        "--kernels-per-image", type=int, default=None,
+        help="only this many kernels per image, cycling through the group over the images (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N images (sorted by name)")
     args = parser.parse_args(argv)
-    n = write_test_set(args.hr, args.out, args.scale, args.kernels, args.split_seed, args.split_file)
+    n = write_test_set(
+        args.hr, args.out, args.scale, args.kernels, args.split_seed, args.split_file,
+        kernels_per_image=args.kernels_per_image, max_images=args.max_images,
+    )  # fmt: skip
     print(f"wrote {n} LR images to {args.out}")
 
 
