@@ -1,6 +1,7 @@
 """The on-device degradation engine: kernels, operators, parameter samplers and pipelines (no Lightning)."""
 
 from datamodules.degradation import kernels, ops, samplers
+from datamodules.degradation.moesr import GridDegradation, MoESRGrid, MoESRKernelDegradation
 from datamodules.degradation.pipelines import ClassicalDegradation, Degradation
 from datamodules.degradation.samplers import DIV2KRKKernelSampler, KernelBankSampler
 
@@ -8,7 +9,10 @@ __all__ = [
     "ClassicalDegradation",
     "DIV2KRKKernelSampler",
     "Degradation",
+    "GridDegradation",
     "KernelBankSampler",
+    "MoESRGrid",
+    "MoESRKernelDegradation",
     "kernels",
     "ops",
     "samplers",
