@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -35,3 +36,12 @@ def tiny_div2krk(tiny_hr_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_div2krk")
     generate(str(tiny_hr_dir), out, scales=(2, 4), seed=0)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch: on two shared cores, two threads are often far slower than one (tiny convolutions)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

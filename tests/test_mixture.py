@@ -50,15 +50,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch: on two shared cores, two threads are often far slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def fake_enet_checkpoint(path, num_states=2, channels=TINY_ENET, input_norm=False, seed=0):
     """A Lightning-format pre-training checkpoint (random weights) holding ``enet.*`` and ``head.*``."""
     torch.manual_seed(seed)

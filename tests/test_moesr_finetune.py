@@ -20,14 +20,7 @@ from lightning_modules.moesr_finetune import (
 )
 from lightning_modules.nets.vdsr import ChainedVDSR
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run ~20x faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is much faster
 
 
 def _kernel(l1: float, l2: float, theta: float, scale: int = 2, size: int = 13) -> torch.Tensor:

@@ -39,15 +39,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch: on two shared cores, two threads are often far slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # grid_outputs / grid_errors
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,13 +29,7 @@ LAMBDAS = (0.85, 2.27, 4.37)  # 27 grid kernels, 9 experts
 CONFIG = str(REPO / "configs/moesr_test.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run much faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is much faster
 
 
 def tiny_stages(scale: int = 2, seed: int = 0) -> tuple[ExpertBank, MoESRGrid, ISE, KEN]:
