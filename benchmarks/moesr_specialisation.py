@@ -26,7 +26,7 @@ from datamodules.degradation import ops
 from datamodules.degradation.moesr import THETA_UNIT, MoESRGrid
 from datamodules.images import find_images, load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr_common import diagonal_wins, specialisation_matrix, train_experts_on_kernels
+from lightning_modules.moesr_common import degrade, diagonal_wins, specialisation_matrix, train_experts_on_kernels
 from lightning_modules.nets.moesr import ExpertBank
 
 # (lambda1, lambda2, theta in units of pi/16): isotropic 0.85, isotropic 4.37, 4.37/0.85 at 11, 79 and 146 degrees
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - t0
     hr = central_crops(held_out, args.eval_size)
     matrix = specialisation_matrix(bank, kernels, hr)
-    bicubic = []
-    for kernel in kernels:
-        lr = ops.quantize(ops.blur_decimate(hr, kernel, 2))
-        bicubic.append(float(psnr_y(ops.resize(lr, scale=2, convention="matlab").clamp(0, 1), hr, 2).mean()))
+    lr = degrade(hr, kernels, 2)  # (B, K, 3, h, w)
+    up = ops.resize(lr.flatten(0, 1), scale=2, convention="matlab").clamp(0, 1)
+    target = hr[:, None].expand(-1, len(kernels), -1, -1, -1).flatten(0, 1)
+    bicubic = psnr_y(up, target, 2).reshape(hr.shape[0], len(kernels)).mean(dim=0).tolist()
     names = [f"{a}/{b}@{round(u * 180 / 16)}deg" if a != b else f"iso {a}" for a, b, u in KERNELS]
     print(f"data: {source} ({len(train)} training / {len(held_out)} held-out images), {args.steps} steps in "
           f"{seconds:.0f} s, final loss {sum(losses[-10:]) / min(10, len(losses)):.4f}")  # fmt: skip

@@ -338,8 +338,7 @@ def exclude_from_checkpoint(module: nn.Module, names: Sequence[str]) -> None:
 
 def degrade(hr: Tensor, kernels: Tensor, scale: int) -> Tensor:
     """``(B, 3, sH, sW)`` x ``(K, k, k)`` block-centred kernels -> 8-bit LR ``(B, K, 3, H, W)``."""
-    lr = [ops.quantize(ops.blur_decimate(hr, kernel, scale)) for kernel in kernels]
-    return torch.stack(lr, dim=1)
+    return ops.quantize(ops.blur_decimate_bank(hr, kernels, scale))
 
 
 @torch.no_grad()

@@ -172,3 +172,18 @@ def test_ops_keep_gradients():
     k = K.gaussian_kernels(11, torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.3, 0.0]))
     ops.resize(ops.decimate(ops.blur(x, k), 2), scale=2, convention="matlab").sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("border", ["reflect", "replicate", "circular", "constant", "symmetric"])
+@pytest.mark.parametrize(("scale", "phase", "mode"), [(2, 0, "correlate"), (3, 1, "convolve")])
+def test_blur_decimate_bank_equals_one_kernel_at_a_time(border, scale, phase, mode):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 19, 24, generator=g)
+    kernels = torch.rand(4, 5, 5, generator=g)
+    kernels = kernels / kernels.sum(dim=(-2, -1), keepdim=True)
+    out = ops.blur_decimate_bank(x, kernels, scale, phase, mode, border)
+    assert out.shape == (2, 4, 3, 19 // scale, 24 // scale)
+    for j in range(4):
+        torch.testing.assert_close(out[:, j], ops.blur_decimate(x, kernels[j], scale, phase, mode, border))
+    with pytest.raises(ValueError, match="kernels must be"):
+        ops.blur_decimate_bank(x, kernels[0], scale)

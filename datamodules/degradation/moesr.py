@@ -50,7 +50,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.degradation import ops
@@ -378,8 +377,8 @@ class GridDegradation(Degradation):
          params["expert_index"], for the base validation and the image loggers), "kernel": (B, k, k) (its kernel),
          "params": {"expert_index": (B,)}}
 
-    The blur uses the same padding as ``ops.blur_decimate`` (``(k-1)//2`` before, ``k//2`` after, decimation from
-    pixel 0, aligned for block-centred kernels) and runs as one convolution with the E kernels as output channels.
+    The blur is ``ops.blur_decimate_bank`` (``ops.blur_decimate``'s padding, decimation from pixel 0, aligned for
+    block-centred kernels): one convolution with the E kernels as output channels.
 
     Args:
         scale: 2 or 4 (linked from the DataModule's ``scale``).
@@ -406,13 +405,8 @@ class GridDegradation(Degradation):
 
     def degrade_all(self, hr: Tensor) -> Tensor:
         """``(B, 3, sH, sW)`` -> ``(B, E, 3, H, W)``: every expert kernel, blurred, decimated (not quantised)."""
-        bsz, ch, h, w = hr.shape
         kernels = self.grid.expert_kernels(hr.dtype).to(hr.device)
-        num, k = kernels.shape[0], kernels.shape[-1]
-        before, after = (k - 1) // 2, k // 2
-        padded = F.pad(hr.reshape(bsz * ch, 1, h, w), (before, after, before, after), mode=self.border)
-        out = F.conv2d(padded, kernels[:, None], stride=self.scale)[..., : h // self.scale, : w // self.scale]
-        return out.reshape(bsz, ch, num, h // self.scale, w // self.scale).transpose(1, 2)
+        return ops.blur_decimate_bank(hr, kernels, self.scale, border=self.border)
 
     def apply(self, hr: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Degrade ``hr`` with every expert kernel; pick ``params["expert_index"]``'s LR as ``lr``."""

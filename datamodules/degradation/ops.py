@@ -123,19 +123,60 @@ def blur_decimate(
     elif mode != "correlate":
         raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
     k = kernel.shape[-1]
-    before, after = (k - 1) // 2, k // 2
-    if border not in ("reflect", "replicate", "circular", "constant", "symmetric"):
-        raise ValueError(f"border must be reflect, replicate, circular, constant or symmetric, got {border!r}")
     oh, ow = h // scale, w // scale
-    # output i reads x[phase + s*i + j - before], j < k: shift the padding by the phase (same total, no input copy)
-    if phase <= before and after + phase < min(h, w):
-        padded = _pad(x, before - phase, after + phase, before - phase, after + phase, border)
-    else:
-        padded = _pad(x, before, after, before, after, border)[..., phase:, phase:]
+    padded = _pad_for_decimation(x, k, phase, border)
     span_h, span_w = padded.shape[-2:]
     weight = kernel.to(x).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
     out = F.conv2d(padded.reshape(1, bsz * ch, span_h, span_w), weight, stride=scale, groups=bsz * ch)
     return out[..., :oh, :ow].reshape(bsz, ch, oh, ow)
+
+
+def blur_decimate_bank(
+    x: Tensor, kernels: Tensor, scale: int, phase: int = 0, mode: BlurMode = "correlate", border: Border = "reflect"
+) -> Tensor:
+    """Every image blurred and decimated by **every** kernel of a bank, in one strided convolution.
+
+    ``out[:, j] == blur_decimate(x, kernels[j], scale, phase, mode, border)`` (tested); the kernels are the output
+    channels of a single convolution over the ``B * C`` planes (MoESR's experts: each HR crop x every expert kernel).
+
+    Args:
+        x: ``(B, C, H, W)``.
+        kernels: ``(K, k, k)``.
+        scale: Decimation factor ``s``.
+        phase: First kept pixel in both axes (as ``blur_decimate``).
+        mode: ``"correlate"`` or ``"convolve"``.
+        border: Padding, as ``blur_decimate`` (``"symmetric"`` included).
+
+    Returns:
+        ``(B, K, C, H // s, W // s)``.
+    """
+    _check_image(x)
+    if kernels.dim() != 3 or kernels.shape[-1] != kernels.shape[-2]:
+        raise ValueError(f"kernels must be (K, k, k), got shape {tuple(kernels.shape)}")
+    if not 0 <= phase < scale:
+        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
+    if mode == "convolve":
+        kernels = kernels.flip(-2, -1)
+    elif mode != "correlate":
+        raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
+    bsz, ch, h, w = x.shape
+    num, k = kernels.shape[0], kernels.shape[-1]
+    oh, ow = h // scale, w // scale
+    padded = _pad_for_decimation(x.reshape(bsz * ch, 1, h, w), k, phase, border)
+    out = F.conv2d(padded, kernels.to(x)[:, None], stride=scale)[..., :oh, :ow]
+    return out.reshape(bsz, ch, num, oh, ow).transpose(1, 2)
+
+
+def _pad_for_decimation(x: Tensor, k: int, phase: int, border: Border) -> Tensor:
+    """Pad ``(N, C, H, W)`` for a ``k``-tap blur whose stride-``s`` output ``i`` is centred on ``phase + s * i``."""
+    if border not in ("reflect", "replicate", "circular", "constant", "symmetric"):
+        raise ValueError(f"border must be reflect, replicate, circular, constant or symmetric, got {border!r}")
+    before, after = (k - 1) // 2, k // 2
+    h, w = x.shape[-2:]
+    # output i reads x[phase + s*i + j - before], j < k: shift the padding by the phase (same total, no input copy)
+    if phase <= before and after + phase < min(h, w):
+        return _pad(x, before - phase, after + phase, before - phase, after + phase, border)
+    return _pad(x, before, after, before, after, border)[..., phase:, phase:]
 
 
 @lru_cache(maxsize=64)
