@@ -264,12 +264,15 @@ def load_experts(path: str | Path, scale: int) -> tuple[ExpertBank, MoESRGrid]:
 
 
 def load_ise(path: str | Path, scale: int) -> ISE:
-    """The trained ``ISE`` (keys ``ise.*``, widths from the checkpoint's ``ise_channels``); not frozen."""
+    """The trained ``ISE`` (keys ``ise.*``; ``ise_channels``, ``residual_gain`` from the checkpoint); not frozen.
+
+    A checkpoint without ``residual_gain`` predates the option and was trained on the official input (gain 0).
+    """
     command = stage_command("ise", scale)
     ckpt = read_checkpoint(path, command)
     hp = _hparams(ckpt, path, ("scale", "ise_channels"), command)
     _check_scale(hp, path, scale, command)
-    ise = ISE(hp["ise_channels"])
+    ise = ISE(hp["ise_channels"], float(hp.get("residual_gain", 0.0)))
     ise.load_state_dict(check_state_dict(ise, ckpt["state_dict"], path, command, "ise."), strict=True)
     return ise
 

@@ -119,7 +119,7 @@ def test_ise_architecture_and_receptive_field():
 
 
 def test_ise_has_no_relu_after_the_512_layer():
-    ise = ISE((4, 4, 4, 4, 4))
+    ise = ISE((4, 4, 4, 4, 4), residual_gain=0.0)
     x = torch.rand(1, 6, 64, 64)
     feats = x
     for conv in list(ise.convs)[:4]:
@@ -127,6 +127,23 @@ def test_ise_has_no_relu_after_the_512_layer():
     pre = ise.convs[4](feats)
     assert (pre < 0).any()  # the 256->512 layer's negative outputs reach the last layer unchanged
     torch.testing.assert_close(ise(x[:, :3], x[:, 3:]), ise.convs[5](pre))
+
+
+def test_ise_residual_input_is_a_reparametrisation_of_the_official_input():
+    """Gain g on (SR - up) and up - 0.5 = the official (SR, up) net with first-layer weights [g A, B - g A]."""
+    torch.manual_seed(0)
+    ours = ISE((4, 4, 4, 4, 4), residual_gain=10.0)
+    official = ISE((4, 4, 4, 4, 4), residual_gain=0.0)
+    official.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        w, b = ours.convs[0].weight, ours.convs[0].bias
+        official.convs[0].weight.copy_(torch.cat([10 * w[:, :3], w[:, 3:] - 10 * w[:, :3]], dim=1))
+        official.convs[0].bias.copy_(b - 0.5 * w[:, 3:].sum(dim=(1, 2, 3)))
+    sr, up = torch.rand(2, 3, 57, 64), torch.rand(2, 3, 57, 64)
+    torch.testing.assert_close(ours(sr, up), official(sr, up), atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in official.parameters())
+    with pytest.raises(ValueError, match="residual_gain"):
+        ISE(residual_gain=-1.0)
 
 
 def test_ise_target_is_the_pooled_squared_error():

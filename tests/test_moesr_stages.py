@@ -22,7 +22,7 @@ from lightning_modules.moesr_common import (
     train_experts_on_kernels,
     upsample,
 )
-from lightning_modules.moesr_ise import MoESRISE
+from lightning_modules.moesr_ise import MoESRISE, ise_labels
 from lightning_modules.moesr_ken import MoESRKEN
 from lightning_modules.nets.moesr import ISE, ExpertBank, ise_target
 from main import cli_main
@@ -104,16 +104,34 @@ def test_ise_learns_the_ranking_of_fixed_crops(one_thread):
     target = ise_target(sr, hr[:, None].expand_as(out).flatten(0, 1)) * 1000
     up = upsample(lr, 2)[:, None].expand_as(out).flatten(0, 1)
     ise = ISE((8, 8, 8, 8, 8))
-    before = rank_correlation(ise(sr, up).detach().square().mean(dim=(1, 2, 3)).view(3, -1), true)
     opt = torch.optim.Adam(ise.parameters(), lr=1e-3)
+    losses = []
     for _ in range(200):
         loss = (ise(sr, up) - target).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
     with torch.no_grad():
         after = rank_correlation(ise_errors(ise, out, upsample(lr, 2)), true)
-    assert float(after.min()) > 0.95 and float(after.mean()) > float(before.mean()) + 0.2, (before, after)
+    # (the residual input already ranks random experts well at initialisation: the fit, not the gain, is tested)
+    assert float(after.min()) > 0.95 and losses[-1] < 0.25 * losses[0], (after, losses[0], losses[-1])
+
+
+def test_relative_ise_labels_divide_by_the_bicubic_error():
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 64, 64)
+    up = (hr + 0.1 * torch.randn_like(hr)).clamp(0, 1)
+    sr = (hr[:, None] + 0.05 * torch.randn(2, 3, 3, 64, 64)).clamp(0, 1)
+    absolute = ise_labels(sr, hr, up, "absolute", error_scale=1000.0)
+    assert absolute.shape == (2, 3, 1, 2, 2)
+    torch.testing.assert_close(absolute[1, 2], ise_target(sr[1, 2:3], hr[1:2])[0] * 1000)
+    relative = ise_labels(sr, hr, up, "relative", eps=1e-4)
+    bicubic = ise_target(up, hr)[:, None]
+    torch.testing.assert_close(relative, (absolute / 1000 + 1e-4) / (bicubic + 1e-4))
+    assert float(relative.max()) < 1.0  # these outputs are closer to HR than the noisier "bicubic" image
+    with pytest.raises(ValueError, match="target"):
+        ise_labels(sr, hr, up, "log")
 
 
 def test_rank_correlation():
@@ -152,11 +170,13 @@ def test_three_stages_chain_through_checkpoints(tmp_path, one_thread):
     assert grid == MoESRGrid(2, SMALL) and bank.num_experts == 9
 
     cli_main(["fit", "-c", str(REPO / "configs/moesr_ise.yaml"), *SMOKE, *_ckpt_config(tmp_path, "ise"), *DATA,
-              root, f"--model.init_args.experts_ckpt={experts}",
-              "--model.init_args.ise_channels=[4,4,4,4,4]"])  # fmt: skip
+              root, f"--model.init_args.experts_ckpt={experts}", "--model.init_args.target=relative",
+              "--model.init_args.ise_channels=[4,4,4,4,4]", "--model.init_args.residual_gain=5"])  # fmt: skip
     ck = torch.load(ise.format(scale=2), weights_only=True)
     assert ck["state_dict"] and all(k.startswith("ise.") for k in ck["state_dict"])  # frozen experts left out
-    assert load_ise(ise.format(scale=2), 2).channels == (4, 4, 4, 4, 4)
+    assert ck["hyper_parameters"]["target"] == "relative"
+    loaded = load_ise(ise.format(scale=2), 2)
+    assert loaded.channels == (4, 4, 4, 4, 4) and loaded.residual_gain == 5.0
 
     cli = cli_main(["fit", "-c", str(REPO / "configs/moesr_ken.yaml"), *SMOKE, *_ckpt_config(tmp_path, "ken"),
                     *DATA, root, f"--model.init_args.experts_ckpt={experts}", f"--model.init_args.ise_ckpt={ise}",
@@ -256,3 +276,19 @@ def test_five_experts_specialise(one_thread):
     train_experts_on_kernels(bank, kernels, imgs, steps=600, patch=20, batch_size=6, lr=1e-3)
     m = specialisation_matrix(bank, kernels, val)
     assert diagonal_wins(m) == 5, m
+
+
+def test_estimation_benchmark_reports_choices_against_their_bounds(one_thread):
+    from benchmarks.moesr_estimation import evaluate, summarise
+    from lightning_modules.moesr_common import MoESRStages
+    from lightning_modules.nets.moesr import KEN
+
+    torch.manual_seed(0)
+    grid = MoESRGrid(2, SMALL)
+    stages = MoESRStages(ExpertBank(grid.num_experts, 2, 3, 4), grid, ISE((4, 4, 4, 4, 4)), KEN(grid.num_kernels, 8))
+    _, crops = _photos()
+    res = summarise(evaluate(stages, crops[:2, :, :64, :64], seed=1, kernels_per_crop=3, max_batch=4), 27)
+    assert res["samples"] == 6 and res["chance_top1"] == 1 / 27
+    assert 0 <= res["ise_top1"] <= res["ise_top3"] <= 1 and -1 <= res["rank_corr"] <= 1
+    assert res["sae_nearest"] <= min(res["sae_ise"], res["sae_constant"]) and res["sae_constant"] <= res["sae_random"]
+    assert res["psnr_oracle"] >= max(res["psnr_ise"], res["psnr_ken"])

@@ -193,16 +193,29 @@ def ise_output_size(size: int) -> int:
 class ISE(nn.Module):
     """Image Sharpness Evaluator: ``(SR, bicubic up) -> (B, 1, H', W')`` predicted local mean squared error.
 
+    The official ISE convolves the 6-channel concatenation ``(SR, up)``. With ``residual_gain = g > 0`` its first
+    convolution sees ``(g * (SR - up), up - 0.5)`` instead: an invertible linear map of the same six channels, so the
+    function class and the parameter count are those of the official net (any first-layer weights on one input are
+    weights on the other), but the detail an expert adds to the bicubic image, the only thing that separates the
+    experts' outputs on one image and a few percent of the intensity, reaches the first layer at the scale of the
+    image instead of 20-50 times below it. At a CPU budget (600 steps, ``MoESRISE(target="relative")``) this
+    took the Spearman correlation of ISE errors with the true errors over a 27-kernel grid from 0.06 to 0.38;
+    ``residual_gain = 0`` is the official input (deliberate deviation, default 10).
+
     Args:
         channels: Widths of the five hidden convolutions (paper/official: 64, 64, 128, 256, 512).
+        residual_gain: Gain on ``SR - up`` in the input (0: the official ``(SR, up)``).
     """
 
-    def __init__(self, channels: Sequence[int] = (64, 64, 128, 256, 512)) -> None:
+    def __init__(self, channels: Sequence[int] = (64, 64, 128, 256, 512), residual_gain: float = 10.0) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
             raise ValueError(f"ISE has five hidden widths, got {list(channels)}")
+        if residual_gain < 0:
+            raise ValueError(f"residual_gain must be >= 0 (0: the official input), got {residual_gain}")
         self.channels = channels
+        self.residual_gain = float(residual_gain)
         widths = (6, *channels, 1)
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, 3, stride=s, padding=0)
@@ -218,7 +231,8 @@ class ISE(nn.Module):
             raise ValueError(f"sr {tuple(sr.shape)} and up {tuple(up.shape)} must have the same shape")
         if min(sr.shape[-2:]) < ISE_RECEPTIVE_FIELD:
             raise ValueError(f"ISE needs images of at least 49x49 px, got {tuple(sr.shape[-2:])}")
-        x = torch.cat([sr, up], dim=1)
+        g = self.residual_gain
+        x = torch.cat([g * (sr - up), up - 0.5] if g > 0 else [sr, up], dim=1)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < 4:  # no ReLU after 256 -> 512 nor after the output layer
