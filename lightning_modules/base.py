@@ -36,6 +36,16 @@ from lightning_modules.tiling import tiled_forward
 RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir")
 
 
+def adam_one_cycle(params, lr: float, weight_decay: float, total_steps: int) -> dict:
+    """Adam and a one-cycle schedule (maximum ``lr``) over ``total_steps``, stepped every step (Lightning's dict).
+
+    The recipe of MoESR's experts, ISE and KEN and of the single-network baseline (paper Sec. 4.1).
+    """
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, int(total_steps)))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 def save_png(img: Tensor, path: Path) -> None:
     """Write a ``(3, H, W)`` float ``[0, 1]`` image as 8-bit PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)

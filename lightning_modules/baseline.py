@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.base import RUNTIME_HPARAMS, SRSystem
+from lightning_modules.base import RUNTIME_HPARAMS, SRSystem, adam_one_cycle
 from lightning_modules.nets.vdsr import ChainedVDSR
 
 
@@ -43,8 +42,5 @@ class SingleNetSR(SRSystem):
 
     def configure_optimizers(self) -> dict:
         """Adam with a one-cycle schedule over ``trainer.estimated_stepping_batches``."""
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adam_one_cycle(self.parameters(), hp.lr, hp.weight_decay, self.trainer.estimated_stepping_batches)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from datamodules.degradation.moesr import X2_LAMBDAS, GridDegradation, MoESRGrid
 from datamodules.degradation.ops import resize
-from lightning_modules.base import RUNTIME_HPARAMS, SRSystem
+from lightning_modules.base import RUNTIME_HPARAMS, SRSystem, adam_one_cycle
 from lightning_modules.metrics import PSNRY
 from lightning_modules.nets.moesr import ExpertBank
 
@@ -138,11 +138,8 @@ class MoESRExperts(SRSystem):
 
     def configure_optimizers(self) -> dict:
         """Adam with a one-cycle schedule over ``trainer.estimated_stepping_batches`` (stepped every batch)."""
-        opt = torch.optim.Adam(self.bank.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adam_one_cycle(self.bank.parameters(), hp.lr, hp.weight_decay, self.trainer.estimated_stepping_batches)
 
     # --------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

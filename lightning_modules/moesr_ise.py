@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_modules.base import adam_one_cycle
 from lightning_modules.moesr_common import (
     DEFAULT_CKPTS,
     FrozenStagesSystem,
@@ -183,11 +184,8 @@ class MoESRISE(FrozenStagesSystem):
 
     def configure_optimizers(self) -> dict:
         """Adam on ISE with a one-cycle schedule over ``trainer.estimated_stepping_batches``."""
-        opt = torch.optim.Adam(self.ise.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adam_one_cycle(self.ise.parameters(), hp.lr, hp.weight_decay, self.trainer.estimated_stepping_batches)
 
     # --------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

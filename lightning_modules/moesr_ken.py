@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from datamodules.degradation.moesr import MoESRGrid, moesr_kernels
+from lightning_modules.base import adam_one_cycle
 from lightning_modules.metrics import KernelSAE, make_kernel_metrics
 from lightning_modules.moesr_common import (
     DEFAULT_CKPTS,
@@ -191,14 +192,11 @@ class MoESRKEN(FrozenStagesSystem):
 
     def configure_optimizers(self) -> dict:
         """Adam on KEN with a one-cycle schedule over all KEN updates."""
-        opt = torch.optim.Adam(self.ken.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        trainer = self.trainer
-        if trainer.max_steps > 0:
-            total = trainer.max_steps
-        else:
-            total = int(trainer.estimated_stepping_batches) * self.hparams.updates_per_batch
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(1, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp, trainer = self.hparams, self.trainer
+        total = (
+            trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches * hp.updates_per_batch
+        )
+        return adam_one_cycle(self.ken.parameters(), hp.lr, hp.weight_decay, total)
 
     # --------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

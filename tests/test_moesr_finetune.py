@@ -44,6 +44,21 @@ def _bicubic_net(scale: int = 2, layers: int = 4, channels: int = 8) -> ChainedV
     return net
 
 
+def _pretrain(net: torch.nn.Module, train: torch.Tensor, degrade, crop: int, steps: int = 300) -> torch.nn.Module:
+    """Train ``net`` (L1, Adam 3e-3) on random ``crop`` px HR crops of ``train`` ``(N, 3, H, W)``, 8 per step."""
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    n, _, h, w = train.shape
+    for _ in range(steps):
+        i, y, x = (torch.randint(0, m, (8,), generator=g) for m in (n, h - crop, w - crop))
+        hr = torch.stack([train[a, :, b : b + crop, c : c + crop] for a, b, c in zip(i, y, x, strict=True)])
+        loss = F.l1_loss(net(degrade(hr)), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net
+
+
 @pytest.mark.parametrize(("scale", "size"), [(2, 13), (4, 33)])
 def test_downscale_valid_is_blur_decimate_interior(scale, size):
     torch.manual_seed(0)
@@ -123,16 +138,7 @@ def test_finetune_with_the_true_kernel_improves_a_pretrained_expert_and_a_shifte
     train = torch.cat([_photo(n, 192) for n in ("astronaut", "coffee", "rocket")])
     test_hr = _photo("chelsea", 128)
     test_lr = degrade(test_hr)
-    net = _bicubic_net()
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        i, y, x = (torch.randint(0, n, (8,), generator=g) for n in (3, 160, 160))
-        hr = torch.stack([train[a, :, b : b + 32, c : c + 32] for a, b, c in zip(i, y, x, strict=True)])
-        loss = F.l1_loss(net(degrade(hr)), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    net = _pretrain(_bicubic_net(), train, degrade, crop=32)
 
     def score(model: torch.nn.Module) -> float:
         with torch.no_grad():
@@ -178,16 +184,7 @@ def test_x4_finetune_with_the_true_kernel_and_intermediate_term_improves_a_pretr
     train = torch.cat([_photo(n, 256) for n in ("astronaut", "coffee", "rocket")])
     test_hr = _photo("chelsea", 256)
     test_lr = degrade(test_hr)
-    net = _bicubic_net(4)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        i, y, x = (torch.randint(0, n, (8,), generator=g) for n in (3, 192, 192))
-        hr = torch.stack([train[a, :, b : b + 64, c : c + 64] for a, b, c in zip(i, y, x, strict=True)])
-        loss = F.l1_loss(net(degrade(hr)), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    net = _pretrain(_bicubic_net(4), train, degrade, crop=64)
 
     def score(model: torch.nn.Module) -> float:
         with torch.no_grad():
