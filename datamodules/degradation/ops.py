@@ -116,15 +116,10 @@ def blur_decimate(
     bsz, ch, h, w = x.shape
     if kernel.shape[0] not in (1, bsz):
         raise ValueError(f"kernel batch {kernel.shape[0]} does not match image batch {bsz}")
-    if not 0 <= phase < scale:
-        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
-    if mode == "convolve":
-        kernel = kernel.flip(-2, -1)
-    elif mode != "correlate":
-        raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
+    kernel = _correlation_kernels(kernel, mode)
     k = kernel.shape[-1]
     oh, ow = h // scale, w // scale
-    padded = _pad_for_decimation(x, k, phase, border)
+    padded = _pad_for_decimation(x, k, scale, phase, border)
     span_h, span_w = padded.shape[-2:]
     weight = kernel.to(x).expand(bsz, k, k).repeat_interleave(ch, dim=0)[:, None]
     out = F.conv2d(padded.reshape(1, bsz * ch, span_h, span_w), weight, stride=scale, groups=bsz * ch)
@@ -153,22 +148,28 @@ def blur_decimate_bank(
     _check_image(x)
     if kernels.dim() != 3 or kernels.shape[-1] != kernels.shape[-2]:
         raise ValueError(f"kernels must be (K, k, k), got shape {tuple(kernels.shape)}")
-    if not 0 <= phase < scale:
-        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
-    if mode == "convolve":
-        kernels = kernels.flip(-2, -1)
-    elif mode != "correlate":
-        raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
+    kernels = _correlation_kernels(kernels, mode)
     bsz, ch, h, w = x.shape
     num, k = kernels.shape[0], kernels.shape[-1]
     oh, ow = h // scale, w // scale
-    padded = _pad_for_decimation(x.reshape(bsz * ch, 1, h, w), k, phase, border)
+    padded = _pad_for_decimation(x.reshape(bsz * ch, 1, h, w), k, scale, phase, border)
     out = F.conv2d(padded, kernels.to(x)[:, None], stride=scale)[..., :oh, :ow]
     return out.reshape(bsz, ch, num, oh, ow).transpose(1, 2)
 
 
-def _pad_for_decimation(x: Tensor, k: int, phase: int, border: Border) -> Tensor:
-    """Pad ``(N, C, H, W)`` for a ``k``-tap blur whose stride-``s`` output ``i`` is centred on ``phase + s * i``."""
+def _correlation_kernels(kernels: Tensor, mode: BlurMode) -> Tensor:
+    """``(..., k, k)`` kernels as correlation weights: flipped for ``"convolve"``, as given for ``"correlate"``."""
+    if mode == "convolve":
+        return kernels.flip(-2, -1)
+    if mode != "correlate":
+        raise ValueError(f"mode must be 'correlate' or 'convolve', got {mode!r}")
+    return kernels
+
+
+def _pad_for_decimation(x: Tensor, k: int, scale: int, phase: int, border: Border) -> Tensor:
+    """Pad ``(N, C, H, W)`` for a ``k``-tap blur whose stride-``scale`` output ``i`` is centred on ``phase + s * i``."""
+    if not 0 <= phase < scale:
+        raise ValueError(f"phase must be in [0, {scale}), got {phase}")
     if border not in ("reflect", "replicate", "circular", "constant", "symmetric"):
         raise ValueError(f"border must be reflect, replicate, circular, constant or symmetric, got {border!r}")
     before, after = (k - 1) // 2, k // 2
