@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from datamodules.degradation import ClassicalDegradation, DIV2KRKKernelSampler, ops
-from lightning_modules.runtime import keep_freed_memory
+from lightning_modules.core.runtime import keep_freed_memory
 
 
 def _sync(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""Kernel-classification accuracy of a pre-trained E-Net (``configs/enet_pretrain.yaml``) on held-out images.
+"""Kernel-classification accuracy of a pre-trained E-Net (``configs/mixture/enet_pretrain.yaml``) on held-out images.
 
     python -m benchmarks.enet_accuracy [--ckpt checkpoints/mixture/enet_x2/last.ckpt] [--images DIR] [--crop 64]
 
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from datamodules.degradation.mixture import MixtureDegradation, mixture_kernels
+from datamodules.degradation.pipelines.mixture import MixtureDegradation, mixture_kernels
 from datamodules.images import find_images, load_rgb, to_tensor
-from lightning_modules.checkpoints import read_checkpoint
-from lightning_modules.enet_pretrain import ENetPretrain
+from lightning_modules.core.stages import read_checkpoint
+from lightning_modules.mixture.enet_pretrain import ENetPretrain
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCED_BY = "python main.py fit -c configs/enet_pretrain.yaml"
+PRODUCED_BY = "python main.py fit -c configs/mixture/enet_pretrain.yaml"
 
 
 def grid_crops(img: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:

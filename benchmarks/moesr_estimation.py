@@ -31,10 +31,10 @@ import torch
 
 from benchmarks.enet_accuracy import grid_crops
 from datamodules.degradation import ops
-from datamodules.degradation.moesr import MoESRKernelDegradation, moesr_kernels
+from datamodules.degradation.pipelines.moesr import MoESRKernelDegradation, moesr_kernels
 from datamodules.images import find_images, load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr_common import (
+from lightning_modules.moesr.grid_eval import (
     DEFAULT_CKPTS,
     batch_index,
     grid_outputs,

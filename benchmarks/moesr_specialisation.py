@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from datamodules.degradation import ops
-from datamodules.degradation.moesr import THETA_UNIT, MoESRGrid
+from datamodules.degradation.pipelines.moesr import THETA_UNIT, MoESRGrid
 from datamodules.images import find_images, load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr_common import degrade, diagonal_wins, specialisation_matrix, train_experts_on_kernels
+from lightning_modules.moesr.grid_eval import degrade, diagonal_wins, specialisation_matrix, train_experts_on_kernels
 from lightning_modules.nets.moesr import ExpertBank
 
 # (lambda1, lambda2, theta in units of pi/16): isotropic 0.85, isotropic 4.37, 4.37/0.85 at 11, 79 and 146 degrees

@@ -2,7 +2,7 @@
 
     python -m benchmarks.predict_memory [--ckpt checkpoints/baseline/x2/last.ckpt] [--photo PATH] [--scale 4]
 
-Each measured run is the real command line (``python main.py predict -c configs/baseline.yaml ...``) in its own
+Each measured run is the real command line (``python main.py predict -c configs/baselines/single_net.yaml ...``) in its own
 process, so its peak resident memory (``ru_maxrss`` of the child) is its own. Cases:
 
 * ``photo``: a 2040x1356 input photo (default: a DIV2K HR image of the DIV2KRK sample, or the largest built-in
@@ -31,8 +31,8 @@ from PIL import Image
 
 from datamodules.degradation.ops import resize
 from datamodules.images import builtin_photo_paths, load_rgb, to_tensor
-from lightning_modules.baseline import SingleNetSR
-from lightning_modules.tiling import tiled_forward
+from lightning_modules.baselines.single_net import SingleNetSR
+from lightning_modules.core.tiling import tiled_forward
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTO = REPO.parent / "shared/data/test/DIV2KRK_sample/gt/im_2.png"
@@ -41,7 +41,7 @@ DEFAULT_PHOTO = REPO.parent / "shared/data/test/DIV2KRK_sample/gt/im_2.png"
 def predict_run(image_dir: Path, out_dir: Path, scale: int, tile: int, ckpt: str | None) -> dict:
     """Run ``main.py predict`` in a child process; returns wall seconds and the child's peak RSS in GiB."""
     args = [
-        sys.executable, str(REPO / "main.py"), "predict", "-c", str(REPO / "configs/baseline.yaml"),
+        sys.executable, str(REPO / "main.py"), "predict", "-c", str(REPO / "configs/baselines/single_net.yaml"),
         f"--data.init_args.scale={scale}", f"--data.init_args.predict_dir={image_dir}",
         "--data.init_args.num_workers=0",
         f"--model.init_args.tile_size={tile}", f"--model.init_args.output_dir={out_dir}", "--trainer.logger=false",

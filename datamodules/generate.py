@@ -47,7 +47,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from datamodules.benchmarks import block_centre_to_div2krk_kernel
+from datamodules.test_sets import block_centre_to_div2krk_kernel
 from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.degradation.samplers import DIV2KRKKernelSampler
 from datamodules.images import ImageReadError, find_images, load_rgb, to_tensor
@@ -68,7 +68,7 @@ kernel files (read them like DIV2KRK's):
   gt_k_x{s}/kernel_N.mat holds
     Kernel              the kernel centred on the MIDDLE pixel (shifted by -0.5*(s-1) px), the
                         way the DIV2KRK release stores its kernels, although its LR images were
-                        made with the block-centred kernel; datamodules.benchmarks.
+                        made with the block-centred kernel; datamodules.test_sets.
                         div2krk_kernel_to_block_centre shifts it back (up to a slight blur)
     KernelBlockCentred  the exact kernel that made lr_x{s}/im_N.png
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datamodules.generate",
         description="Write a DIV2KRK-protocol test set (random anisotropic Gaussian kernels, x2 and x4)\n"
-        "from a folder of HR images, in DIV2KRK's layout (readable by datamodules.benchmarks.DIV2KRKDataset).",
+        "from a folder of HR images, in DIV2KRK's layout (readable by datamodules.test_sets.DIV2KRKDataset).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

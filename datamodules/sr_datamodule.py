@@ -23,7 +23,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.benchmarks import LRFolderDataset, open_benchmark
+from datamodules.test_sets import LRFolderDataset, open_benchmark
 from datamodules.degradation import ClassicalDegradation, Degradation
 from datamodules.images import HRImageDataset, SeededSampler
 

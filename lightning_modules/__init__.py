@@ -1,16 +1,5 @@
-"""The SR systems (one LightningModule per training stage), imported here so the CLI knows them by short name."""
+"""The SR systems (one LightningModule per stage), their networks, losses and metrics.
 
-from lightning_modules.base import SRSystem
-from lightning_modules.baseline import SingleNetSR
-from lightning_modules.bicubic import BicubicSR
-from lightning_modules.enet_pretrain import ENetPretrain
-from lightning_modules.mixture import MixtureSR
-from lightning_modules.moesr import MoESR
-from lightning_modules.moesr_experts import MoESRExperts
-from lightning_modules.moesr_ise import MoESRISE
-from lightning_modules.moesr_ken import MoESRKEN
-
-__all__ = [
-    "BicubicSR", "ENetPretrain", "MixtureSR", "MoESR", "MoESRExperts", "MoESRISE", "MoESRKEN", "SRSystem",
-    "SingleNetSR",
-]  # fmt: skip
+This file imports nothing: ``lightning_modules.nets`` and ``lightning_modules.metrics`` must import without Lightning.
+The CLI (``lightning_modules.core.cli``) imports every system so that configs may name them by class name.
+"""

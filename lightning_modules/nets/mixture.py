@@ -1,6 +1,6 @@
 """Networks of the variational mixture of networks (Wang et al., Pattern Recognition 2020): E-Net and the branches.
 
-All networks work on one channel (the Y channel of YCbCr, see ``lightning_modules.mixture``).
+All networks work on one channel (the Y channel of YCbCr, see ``lightning_modules.mixture.joint``).
 
 **E-Net** (Table 1): four 3x3 convolutions with stride 2 (padding 1) and 32 / 64 / 128 / 256 outputs, each followed
 by batch normalisation and LeakyReLU (slope 0.1, as in the official code); global average pooling; dropout 0.5 on the

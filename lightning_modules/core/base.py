@@ -1,0 +1,194 @@
+"""Shared evaluation for every SR system: validation metrics, benchmark tests with per-image tables, predict.
+
+A system subclasses ``SRSystem`` and implements ``super_resolve(lr) -> sr``; kernel-estimating systems also define
+``estimate_kernel(lr) -> (B, k, k)``, and then ``test`` reports kernel accuracy where the benchmark has ground truth.
+
+* ``validation_step``: ``val/psnr_y``, ``val/ssim_y`` (torchmetrics, synced under DDP), and the same metrics of
+  MATLAB-bicubic upsampling of the same LR as ``val/bicubic_psnr_y``, ``val/bicubic_ssim_y`` (the reference every run
+  is compared with on the dashboard).
+* ``test_step``: tiled ``super_resolve`` on full benchmark images; ``test/psnr_y``, ``test/ssim_y`` (and
+  ``test/kernel_sae``, ``test/kernel_l2``), next to MATLAB-bicubic ``test/bicubic_psnr_y``, ``test/bicubic_ssim_y``;
+  a per-image table written as CSV to the log dir and logged to W&B as a table; SR images saved as PNG when
+  ``save_images``.
+* ``predict_step``: tiled ``super_resolve``; writes ``<name>_x<scale>.png`` (and kernels where estimated).
+"""
+
+from __future__ import annotations
+
+import csv
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor
+from torchmetrics import MetricCollection
+
+from datamodules.degradation.ops import resize
+from lightning_modules.metrics import METRIC_PROTOCOLS, make_kernel_metrics, make_sr_metrics
+from lightning_modules.core.tiling import tiled_forward
+
+# Evaluation-time options: kept out of checkpoint hyper-parameters, because LightningCLI applies a checkpoint's
+# hyper-parameters over the command line, which would silently ignore ``--model.init_args.output_dir`` at test time.
+RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir")
+
+
+def save_png(img: Tensor, path: Path) -> None:
+    """Write a ``(3, H, W)`` float ``[0, 1]`` image as 8-bit PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (img.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(arr).save(path)
+
+
+class SRSystem(L.LightningModule, ABC):
+    """Base class of the SR systems: evaluation, tables and prediction; subclasses add training.
+
+    Args:
+        scale: Super-resolution factor (linked from the DataModule's ``scale``).
+        metric_protocol: Evaluation protocol of ``lightning_modules.metrics`` (``"standard"``: Y of MATLAB
+            ``rgb2ycbcr``, ``scale`` pixels shaved, Gaussian SSIM; or a per-paper variant such as ``"koalanet"``).
+        tile_size: LR tile side for test/predict (``0``: whole images at once).
+        tile_overlap: LR context pixels around each tile (at least the network's receptive-field radius).
+        save_images: Save the SR images of ``test`` as PNG next to the results table.
+        output_dir: Folder for test tables, test images and predictions (default: the run's log dir).
+    """
+
+    def __init__(
+        self,
+        scale: int = 2,
+        metric_protocol: str = "standard",
+        tile_size: int = 256,
+        tile_overlap: int = 24,
+        save_images: bool = False,
+        output_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if metric_protocol not in METRIC_PROTOCOLS:
+            raise ValueError(f"unknown metric_protocol {metric_protocol!r}; choose from {sorted(METRIC_PROTOCOLS)}")
+        self.scale = scale
+        self.metric_protocol = metric_protocol
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.save_images = save_images
+        self.output_dir = output_dir
+        self.val_metrics = make_sr_metrics(scale, metric_protocol, prefix="val/")
+        self.val_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="val/bicubic_")
+        self.test_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/")
+        self.test_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/bicubic_")
+        self.test_kernel_metrics = make_kernel_metrics(prefix="test/")
+        self._rows: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------- to implement
+    @abstractmethod
+    def super_resolve(self, lr: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` LR in ``[0, 1]`` -> ``(B, 3, sH, sW)`` SR (not clamped). Subclasses implement it."""
+
+    def forward(self, lr: Tensor) -> Tensor:
+        """Alias of ``super_resolve``."""
+        return self.super_resolve(lr)
+
+    def setup(self, stage: str) -> None:
+        """Refuse a data scale that differs from the model's (e.g. an x2 checkpoint tested on x4 data)."""
+        data = getattr(self.trainer, "datamodule", None)
+        if data is not None and getattr(data, "scale", self.scale) != self.scale:
+            raise ValueError(
+                f"the model is x{self.scale} (from its checkpoint or config) but the data is x{data.scale}: "
+                f"pass --data.init_args.scale {self.scale} or a checkpoint trained at x{data.scale}"
+            )
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Super-resolve the fixed validation crops and update ``val/psnr_y``, ``val/ssim_y``."""
+        sr = self.super_resolve(batch["lr"]).clamp(0, 1)
+        self.val_metrics.update(sr, batch["hr"])
+        self.val_bicubic_metrics.update(
+            resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1), batch["hr"]
+        )
+        self.log_dict(self.val_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
+        self.log_dict(self.val_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Evaluate one benchmark image (tiled), collect its table row, optionally save the SR image."""
+        sr = self._tiled(batch["lr"]).clamp(0, 1)
+        names = batch.get("name", [f"{batch_idx}_{i}" for i in range(sr.shape[0])])
+        rows = [{"name": n} for n in names]
+        if "hr" in batch:
+            hr = batch["hr"]
+            self.test_metrics.update(sr, hr)
+            self.log_dict(self.test_metrics, on_epoch=True, batch_size=sr.shape[0])
+            self._add_columns(rows, self.test_metrics)
+            bicubic = resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1)
+            self.test_bicubic_metrics.update(bicubic, hr)
+            self.log_dict(self.test_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0])
+            self._add_columns(rows, self.test_bicubic_metrics, column_prefix="bicubic_")
+        if "kernel" in batch and hasattr(self, "estimate_kernel"):
+            est = self.estimate_kernel(batch["lr"])
+            gt = batch["kernel"].to(est)
+            self.test_kernel_metrics.update(est, gt)
+            self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=sr.shape[0])
+            self._add_columns(rows, self.test_kernel_metrics)
+        self._rows.extend(rows)
+        if self.save_images:
+            for name, img in zip(names, sr, strict=True):
+                save_png(img, self._out_dir() / "test_images" / f"{name}_x{self.scale}.png")
+
+    def on_test_epoch_start(self) -> None:
+        """Reset the per-image table."""
+        self._rows = []
+
+    def on_test_epoch_end(self) -> None:
+        """Gather the per-image rows of all ranks; write CSV, log a W&B table and print the mean on rank zero."""
+        rows = self._rows
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if not self.trainer.is_global_zero or not rows:
+            return
+        rows = sorted(rows, key=lambda r: r["name"])
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        mean = {"name": "mean"}
+        for c in columns[1:]:
+            vals = [r[c] for r in rows if c in r]
+            mean[c] = float(np.mean(vals))
+        path = self._out_dir() / "test_results.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows + [mean])
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_table(key="test/results", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        summary = ", ".join(f"{c} {mean[c]:.4f}" for c in columns[1:])
+        print(f"[{type(self).__name__} x{self.scale}] {len(rows)} images: {summary}; table: {path}", flush=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """Super-resolve one image (tiled) and write it; returns the written paths."""
+        sr = self._tiled(batch["lr"]).clamp(0, 1)
+        paths = []
+        for name, img in zip(batch["name"], sr, strict=True):
+            path = self._out_dir() / "predictions" / f"{name}_x{self.scale}.png"
+            save_png(img, path)
+            paths.append(str(path))
+        return paths
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _add_columns(rows: list[dict], metrics: MetricCollection, column_prefix: str = "") -> None:
+        """Copy each metric's per-image values of the latest update into the table rows."""
+        for name, metric in metrics.items(keep_base=True):
+            for row, value in zip(rows, metric.last_values.tolist(), strict=True):
+                row[column_prefix + name] = value
+
+    def _tiled(self, lr: Tensor) -> Tensor:
+        return tiled_forward(self.super_resolve, lr, self.scale, self.tile_size, self.tile_overlap)
+
+    def _out_dir(self) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        trainer = self.trainer
+        return Path(trainer.log_dir or trainer.default_root_dir)

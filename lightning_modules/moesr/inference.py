@@ -1,0 +1,477 @@
+"""MoESR inference: estimate the kernel with experts + ISE + KEN, pick the expert, fine-tune it, reconstruct.
+
+Per image (paper Sec. 3.2-3.3, Eq. 10-12):
+
+1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``moesr_common.grid_errors``: one
+   batched ``ExpertBank`` call per input transform), ``rho* = KEN(E)`` (Eq. 10-11);
+2. the grid kernel nearest to ``rho*`` (Eq. 12, ``MoESRGrid.nearest``: each parameter snapped to the grid) names a
+   stored expert and an input transform; a standalone copy of that expert gets the transform folded into its
+   convolution weights (the official code rotates/flips weights rather than images), so it works on the image as
+   it is;
+3. the copy is fine-tuned on the LR image with the kernel ``K(rho*)`` fixed as the downsampler
+   (``moesr_finetune.finetune``: ``finetune_iters`` iterations, 1000 in the paper; 0 = "MoESR w/o FT");
+4. the fine-tuned copy super-resolves the image (tiled by the base class for large images).
+
+``use_gt_kernel`` replaces steps 1-2 by the benchmark's ground-truth kernel (paper Table 2): the expert is that of
+the grid kernel with the smallest sum of absolute errors to it (``MoESRGrid.kernel_nearest``; in kernel space, so
+the multiplicative kernel noise and the truncation of DIV2KRK kernels do not bias the choice as they would bias
+moment estimates), the fine-tuning downsampler is the ground-truth kernel itself, and at x4 the intermediate x2
+kernel is the Gaussian of the ground truth's second moments at ``lambda / 5``.
+
+Kernel conventions (DESIGN.md): our kernels are block-centred (``13x13`` at x2, ``33x33`` at x4). DIV2KRK's
+``.mat`` ground truths (``11x11`` / ``31x31``) are centred on the middle pixel although the LR was made with the
+kernel shifted to the block centre, so with ``gt_kernel_centre="pixel"`` (default) the ground truth is moved to the
+block centre (``div2krk_kernel_to_block_centre``) and zero-padded to the grid size before being used, and kernel
+accuracy (``test/kernel_sae``, ``test/kernel_l2``) compares the ground truth as stored with the estimated Gaussian
+*evaluated* at the middle-pixel centre on the ground truth's grid (exact, no interpolation of either kernel).
+``"block"`` is for ground truths already block-centred.
+
+Outputs: SR PNGs as every ``SRSystem`` (``test_images/`` when ``save_images``, ``predictions/``) and, beside each,
+``<name>_x<s>_kernel.mat`` (``Kernel``: the estimate in the DIV2KRK convention, middle-pixel centred, grid size;
+``KernelBlockCentred``: the kernel used for fine-tuning; ``params``: ``lambda1, lambda2, theta``) and
+``<name>_x<s>_kernel.png`` (scaled to its maximum, enlarged 16x). The test table gains the estimated parameters,
+the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scipy.io
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from datamodules.test_sets import div2krk_kernel_to_block_centre
+from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.pipelines.moesr import MoESRGrid, invert_transform, moesr_kernels
+from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
+from lightning_modules.moesr.grid_eval import DEFAULT_CKPTS, freeze, grid_errors, load_experts, load_ise, load_ken
+from lightning_modules.moesr.finetune import CROP_SIZE, NOISE_STD, can_finetune, finetune
+from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank
+from lightning_modules.core.tiling import tiled_forward
+
+MOESR_RUNTIME_HPARAMS = (
+    *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",
+    "gt_kernel_centre", "max_batch", "finetune_seed", "crop_size", "progress",
+)  # fmt: skip
+KERNEL_PNG_ZOOM = 16
+
+
+@dataclass
+class KernelChoice:
+    """Kernels and expert of a batch of images.
+
+    Attributes:
+        kernel: ``(B, k, k)`` block-centred fine-tuning kernels at the model's scale.
+        grid_index: ``(B,)`` long grid kernel whose expert is used (CPU).
+        params: ``(B, 3)`` ``(lambda1, lambda2, theta)`` of KEN or of the ground truth's moments (CPU float64).
+        intermediate: x4: ``(B, 13, 13)`` x2 kernels for the intermediate term, else ``None``.
+        estimated: Whether the kernels come from KEN (else from the ground truth).
+        seconds: Wall time spent choosing (estimation), for the whole batch.
+    """
+
+    kernel: Tensor
+    grid_index: Tensor
+    params: Tensor
+    intermediate: Tensor | None
+    estimated: bool
+    seconds: float
+
+
+def kernel_moments(kernels: Tensor) -> Tensor:
+    """Second moments of kernels as MoESR parameters: ``(B, k, k) -> (B, 3)`` ``(lambda1, lambda2, theta)``.
+
+    ``lambda1 >= lambda2`` are the eigenvalues of the covariance (about the kernel's own mean) on the ``(x = column,
+    y = row)`` grid, ``theta`` in ``[0, pi)`` the angle of the first eigenvector from the x axis: the inverse of
+    ``gaussian_kernels(param="var")`` up to truncation by the kernel's support.
+    """
+    k = kernels.detach().to(torch.float64)
+    k = k / k.sum(dim=(-2, -1), keepdim=True)
+    coords = torch.arange(k.shape[-1], dtype=torch.float64, device=k.device)
+    py, px = k.sum(dim=-1), k.sum(dim=-2)  # marginals over rows (y) and columns (x)
+    my, mx = (py * coords).sum(-1), (px * coords).sum(-1)
+    dy, dx = coords[None, :, None] - my[:, None, None], coords[None, None, :] - mx[:, None, None]
+    cxx, cyy, cxy = (k * dx * dx).sum((-2, -1)), (k * dy * dy).sum((-2, -1)), (k * dx * dy).sum((-2, -1))
+    cov = torch.stack([torch.stack([cxx, cxy], -1), torch.stack([cxy, cyy], -1)], -2)
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    theta = torch.remainder(torch.atan2(vectors[:, 1, 1], vectors[:, 0, 1]), math.pi)
+    return torch.stack([values[:, 1], values[:, 0].clamp_min(1e-6), theta], dim=-1)
+
+
+def fit_kernel_size(kernels: Tensor, size: int) -> Tensor:
+    """Zero-pad or centre-crop ``(B, k, k)`` kernels to ``(B, size, size)``, renormalised to sum 1.
+
+    Odd differences put the extra row/column at the end; even ones (11 -> 13, 31 -> 33) keep the centre exactly.
+    """
+    k = kernels.shape[-1]
+    if k < size:
+        d = size - k
+        kernels = F.pad(kernels, (d // 2, d - d // 2, d // 2, d - d // 2))
+    elif k > size:
+        d = k - size
+        kernels = kernels[..., d // 2 : d // 2 + size, d // 2 : d // 2 + size]
+    return kernels / kernels.sum(dim=(-2, -1), keepdim=True)
+
+
+def fold_transform_into_weights(net: nn.Module, transform: int) -> nn.Module:
+    """Make ``net(x) == invert_transform(net_before(apply_transform(x, t)), t)`` by transforming its 3x3 weights.
+
+    For a correlation with symmetric padding, conjugating the input by a flip or rotation ``g`` equals correlating
+    with ``g^-1`` applied to the kernel, and PyTorch's bicubic upsampling commutes with flips and rotations; so every
+    ``Conv2d`` weight becomes ``invert_transform(weight, t)`` (in place; biases unchanged). This is the official
+    code's weight rotation; ``tests/test_moesr_system.py`` checks it against the image-transform form.
+    """
+    if transform == 0:
+        return net
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.copy_(invert_transform(module.weight, transform).clone())
+    return net
+
+
+def kernel_png(kernel: Tensor, path: Path, zoom: int = KERNEL_PNG_ZOOM) -> None:
+    """Write a ``(k, k)`` kernel as an 8-bit grey PNG, scaled to its maximum and enlarged ``zoom`` times."""
+    k = kernel.detach().to("cpu", torch.float64).clamp_min(0)
+    arr = (k / k.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
+    arr = np.kron(arr, np.ones((zoom, zoom), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode="L").save(path)
+
+
+class MoESR(SRSystem):
+    """MoESR at test time: kernel estimation by experts + ISE + KEN, expert choice (Eq. 12), fine-tuning, SR.
+
+    ``test`` and ``predict`` (and ``validate`` on synthetic crops); nothing to ``fit`` (the three stages are trained
+    by ``configs/moesr/experts.yaml``, ``moesr_ise.yaml`` and ``moesr_ken.yaml``). The stages are loaded at
+    ``setup`` (``weights_only=True``); a missing checkpoint stops with a message naming the file and its command.
+
+    Args:
+        experts_ckpt: Experts checkpoint; ``{scale}`` is filled with the model's scale.
+        ise_ckpt: ISE checkpoint (not needed with ``use_gt_kernel``).
+        ken_ckpt: KEN checkpoint (not needed with ``use_gt_kernel``).
+        finetune_iters: Fine-tuning iterations per image (paper: 1000; 0: "MoESR w/o FT").
+        finetune_lr: Maximum learning rate of the fine-tuning one-cycle schedule (paper: 1e-5).
+        use_gt_kernel: Use the test set's ground-truth kernels instead of estimating them (paper Table 2).
+        real: Real photographs: add noise to the synthetic LR during fine-tuning and keep the image border.
+        noise_std: Standard deviation of that noise for images in ``[0, 1]`` (paper: 10/255; official 0.04).
+        estimate_crop: LR side of the central crop on which the kernel is estimated (0: the whole image, as the
+            paper; e.g. 128 on a CPU budget; at least ``ceil(49 / scale)``, ISE's receptive field). The fine-tuning
+            and the reconstruction always use the whole image.
+        gt_kernel_centre: Centre convention of the test set's ground-truth kernels: ``"pixel"`` (DIV2KRK and
+            ``datamodules.generate`` sets as stored) or ``"block"`` (see module docstring).
+        max_batch: Most (image, kernel) pairs per expert / ISE call during estimation (GPU memory; ``None``: one
+            call per transform group, about 21 full-size expert outputs at once).
+        finetune_seed: Seed of the fine-tuning crops, rotations and noise (official: 100, the same for every image).
+        crop_size: "HR" crop side of fine-tuning, in LR pixels (official: 128).
+        progress: Show a per-image progress bar during fine-tuning (when the trainer shows one).
+        **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
+    """
+
+    def __init__(
+        self,
+        experts_ckpt: str = DEFAULT_CKPTS["experts"],
+        ise_ckpt: str = DEFAULT_CKPTS["ise"],
+        ken_ckpt: str = DEFAULT_CKPTS["ken"],
+        finetune_iters: int = 1000,
+        finetune_lr: float = 1e-5,
+        use_gt_kernel: bool = False,
+        real: bool = False,
+        noise_std: float = NOISE_STD,
+        estimate_crop: int = 0,
+        gt_kernel_centre: Literal["pixel", "block"] = "pixel",
+        max_batch: int | None = 8,
+        finetune_seed: int = 100,
+        crop_size: int = CROP_SIZE,
+        progress: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=list(MOESR_RUNTIME_HPARAMS))
+        if finetune_iters < 0 or estimate_crop < 0:
+            raise ValueError("finetune_iters and estimate_crop must be >= 0")
+        if gt_kernel_centre not in ("pixel", "block"):
+            raise ValueError(f"gt_kernel_centre must be 'pixel' or 'block', got {gt_kernel_centre!r}")
+        self.finetune_iters = finetune_iters
+        self.finetune_lr = finetune_lr
+        self.use_gt_kernel = use_gt_kernel
+        self.real = real
+        self.noise_std = noise_std
+        self.estimate_crop = estimate_crop
+        self.gt_kernel_centre = gt_kernel_centre
+        self.max_batch = max_batch
+        self.finetune_seed = finetune_seed
+        self.crop_size = crop_size
+        self.progress = progress
+        self.bank: ExpertBank | None = None
+        self.grid: MoESRGrid | None = None
+        self.ise: ISE | None = None
+        self.ken: KEN | None = None
+        self._prepared: list[nn.Module] | None = None
+        self._warned_small = False
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def checkpoint_path(self, stage: Literal["experts", "ise", "ken"]) -> str:
+        """The configured checkpoint of a stage with ``{scale}`` filled in."""
+        return self.hparams[f"{stage}_ckpt"].format(scale=self.scale)
+
+    def load_stages(self) -> None:
+        """Load (and freeze) the experts, and ISE and KEN unless ``use_gt_kernel``."""
+        bank, grid = load_experts(self.checkpoint_path("experts"), self.scale)
+        ise = ken = None
+        if not self.use_gt_kernel:
+            ise = load_ise(self.checkpoint_path("ise"), self.scale)
+            ken = load_ken(self.checkpoint_path("ken"), self.scale, grid.num_kernels)
+        self.set_stages(bank, grid, ise, ken)
+
+    def set_stages(self, bank: ExpertBank, grid: MoESRGrid, ise: ISE | None, ken: KEN | None) -> None:
+        """Use these (trained or, for timing, random) stages; they are frozen and become submodules."""
+        if bank.num_experts != grid.num_experts or bank.scale != grid.scale or grid.scale != self.scale:
+            raise ValueError(f"a bank of {bank.num_experts} x{bank.scale} experts does not fit {grid} at x{self.scale}")
+        if ken is not None and ken.num_kernels != grid.num_kernels:
+            raise ValueError(f"KEN takes {ken.num_kernels} errors but the grid has {grid.num_kernels} kernels")
+        self.grid = grid
+        self.bank = freeze(bank)
+        self.ise = None if ise is None else freeze(ise)
+        self.ken = None if ken is None else freeze(ken)
+
+    def setup(self, stage: str) -> None:
+        """Check the scale and load the stages (before Lightning moves the model to its device)."""
+        super().setup(stage)
+        if stage == "fit":
+            raise RuntimeError(
+                "MoESR has nothing to fit: train its stages with `python main.py fit -c configs/moesr/experts.yaml`, "
+                "then configs/moesr/ise.yaml and configs/moesr/ken.yaml; use `test` or `predict` with this config"
+            )
+        if self.bank is None or (not self.use_gt_kernel and (self.ise is None or self.ken is None)):
+            self.load_stages()
+
+    def configure_optimizers(self) -> None:
+        """MoESR has no training of its own; ``fit`` is refused."""
+        raise RuntimeError("MoESR has nothing to fit: its stages are trained by configs/moesr_{experts,ise,ken}.yaml")
+
+    def _require_stages(self, estimation: bool) -> None:
+        if self.bank is None or (estimation and (self.ise is None or self.ken is None)):
+            raise RuntimeError("MoESR's stages are not loaded: call load_stages() (Lightning does it at setup)")
+
+    # --------------------------------------------------------------------------------------------- estimation
+    def _estimation_input(self, lr: Tensor) -> Tensor:
+        """The central ``estimate_crop`` crop of ``lr`` (at least ISE's 49-px receptive field once upsampled)."""
+        c = max(self.estimate_crop, math.ceil(ISE_RECEPTIVE_FIELD / self.scale)) if self.estimate_crop > 0 else 0
+        h, w = lr.shape[-2:]
+        if c <= 0 or (h <= c and w <= c):
+            return lr
+        ch, cw = min(c, h), min(c, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return lr[..., top : top + ch, left : left + cw]
+
+    @torch.no_grad()
+    def estimate_parameters(self, lr: Tensor) -> Tensor:
+        """KEN's kernel parameters ``(B, 3)`` ``(lambda1, lambda2, theta)`` of ``lr`` ``(B, 3, H, W)`` (Eq. 10-11)."""
+        self._require_stages(estimation=True)
+        errors = grid_errors(self.bank, self.ise, self.grid, self._estimation_input(lr), max_batch=self.max_batch)
+        return self.ken(errors)
+
+    def estimate_kernel(self, lr: Tensor) -> Tensor:
+        """``(B, k, k)`` block-centred kernels ``K(KEN(E))`` of ``lr`` ``(B, 3, H, W)`` (13x13 at x2, 33x33 at x4)."""
+        params = self.estimate_parameters(lr)
+        return moesr_kernels(params[:, 0], params[:, 1], params[:, 2], self.grid.kernel_size, self.scale)
+
+    def choose(self, lr: Tensor, gt_kernel: Tensor | None = None) -> KernelChoice:
+        """Kernels and experts of a batch: estimated (KEN) or, given ``gt_kernel`` ``(B, k', k')``, the ground truth."""
+        start = time.perf_counter()
+        grid, size = self.grid, self.grid.kernel_size
+        if gt_kernel is None:
+            params = self.estimate_parameters(lr)
+            kernel = moesr_kernels(params[:, 0], params[:, 1], params[:, 2], size, self.scale)
+            index = grid.nearest(params).cpu()
+        else:
+            self._require_stages(estimation=False)
+            gt = gt_kernel.to(device=lr.device, dtype=torch.float32)
+            if self.gt_kernel_centre == "pixel":
+                gt = div2krk_kernel_to_block_centre(gt, self.scale)
+            kernel = fit_kernel_size(gt, size)
+            params = kernel_moments(kernel).to(lr.device)
+            index = grid.kernel_nearest(kernel).cpu()
+        intermediate = grid.intermediate_kernels(params.to(torch.float32)) if self.scale == 4 else None
+        if lr.device.type == "cuda":
+            torch.cuda.synchronize(lr.device)
+        return KernelChoice(
+            kernel=kernel.to(lr.dtype),
+            grid_index=index,
+            params=params.detach().to("cpu", torch.float64),
+            intermediate=None if intermediate is None else intermediate.to(lr.dtype),
+            estimated=gt_kernel is None,
+            seconds=time.perf_counter() - start,
+        )
+
+    # ---------------------------------------------------------------------------------------------- experts
+    def expert_for(self, grid_index: int) -> nn.Module:
+        """A trainable standalone copy of grid kernel ``grid_index``'s expert, its input transform folded in."""
+        self._require_stages(estimation=False)
+        with torch.inference_mode(False):
+            net = self.bank.expert(int(self.grid.expert_index[grid_index]))
+            fold_transform_into_weights(net, int(self.grid.transform[grid_index]))
+        return net.requires_grad_(True)
+
+    def adapt(self, lr: Tensor, choice: KernelChoice, i: int = 0, name: str = "") -> tuple[nn.Module, float]:
+        """The expert of image ``i`` of ``choice``, fine-tuned on ``lr`` ``(1, 3, H, W)``; returns it and the seconds.
+
+        Images too small to cut crops of the kernel's size are not fine-tuned (a warning says so once).
+        """
+        net = self.expert_for(int(choice.grid_index[i]))
+        iters = self.finetune_iters
+        h, w = lr.shape[-2:]
+        if iters > 0 and not can_finetune(h, w, self.scale, choice.kernel.shape[-1], self.crop_size, self.real):
+            if not self._warned_small:
+                rank_zero_warn(
+                    f"MoESR: image {name or i} ({w}x{h}) is too small to fine-tune with {choice.kernel.shape[-1]}-px "
+                    "kernels; such images use the chosen expert without fine-tuning"
+                )
+                self._warned_small = True
+            iters = 0
+        start = time.perf_counter()
+        with self._progress_bar(iters, name) as report:
+            finetune(
+                net, lr, choice.kernel[i], self.scale, iterations=iters, lr_max=self.finetune_lr,
+                intermediate_kernel=None if choice.intermediate is None else choice.intermediate[i],
+                real=self.real, noise_std=self.noise_std, seed=self.finetune_seed, crop_size=self.crop_size,
+                progress=report, progress_every=25,
+            )  # fmt: skip
+        if lr.device.type == "cuda":
+            torch.cuda.synchronize(lr.device)
+        return net.eval(), time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _progress_bar(self, total: int, name: str) -> Iterator:
+        trainer = self._trainer
+        show = (
+            self.progress
+            and total > 0
+            and (trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None))
+        )
+        if not show:
+            yield None
+            return
+        bar = tqdm(total=total, desc=f"MoESR fine-tuning {name}".strip(), leave=False, dynamic_ncols=True)
+
+        def report(done: int, _: int, losses: dict[str, float]) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{losses['total']:.4f}")
+
+        try:
+            yield report
+        finally:
+            bar.close()
+
+    # --------------------------------------------------------------------------------------------- pipeline
+    def super_resolve(self, lr: Tensor) -> Tensor:
+        """Super-resolve ``(B, 3, H, W) -> (B, 3, sH, sW)``.
+
+        Inside ``test``/``predict``: the prepared (fine-tuned) experts on a tile of the batch; otherwise the whole
+        pipeline (estimate, choose, fine-tune, reconstruct) on each image.
+        """
+        if self._prepared is not None:
+            return torch.cat([net(lr[i : i + 1]) for i, net in enumerate(self._prepared)])
+        choice = self.choose(lr)
+        out = []
+        for i in range(lr.shape[0]):
+            net, _ = self.adapt(lr[i : i + 1], choice, i)
+            out.append(self._reconstruct(net, lr[i : i + 1]))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def _reconstruct(self, net: nn.Module, lr: Tensor) -> Tensor:
+        return tiled_forward(net, lr, self.scale, self.tile_size, self.tile_overlap)
+
+    @contextlib.contextmanager
+    def _prepare(self, batch: dict, gt_kernel: Tensor | None) -> Iterator[tuple[KernelChoice, list[float]]]:
+        """Choose kernels and fine-tune one expert per image; while open, ``super_resolve`` runs those experts."""
+        lr = batch["lr"]
+        names = batch.get("name") or [str(i) for i in range(lr.shape[0])]
+        choice = self.choose(lr, gt_kernel)
+        nets, seconds = [], []
+        for i in range(lr.shape[0]):
+            net, sec = self.adapt(lr[i : i + 1], choice, i, names[i])
+            nets.append(net)
+            seconds.append(sec)
+        self._prepared = nets
+        try:
+            yield choice, seconds
+        finally:
+            self._prepared = None
+
+    def _rows_info(self, choice: KernelChoice, seconds: list[float]) -> list[dict]:
+        bsz = choice.kernel.shape[0]
+        rows = []
+        for i in range(bsz):
+            g = int(choice.grid_index[i])
+            l1, l2, th = choice.params[i].tolist()
+            rows.append({
+                "lambda1": l1, "lambda2": l2, "theta": th, "grid_kernel": g,
+                "expert": int(self.grid.expert_index[g]), "estimate_s": choice.seconds / bsz, "finetune_s": seconds[i],
+            })  # fmt: skip
+        return rows
+
+    def kernel_in_gt_convention(self, choice: KernelChoice, size: int) -> Tensor:
+        """The estimated Gaussians evaluated in the ground truth's convention on a ``size x size`` grid."""
+        p = choice.params.to(device=self.device, dtype=torch.float64)
+        centre = "pixel" if self.gt_kernel_centre == "pixel" else "block"
+        kernel = gaussian_kernels(size, p[:, 0], p[:, 1], p[:, 2], param="var", centre=centre, scale=self.scale)
+        return kernel.to(torch.float32)
+
+    def _save_kernels(self, choice: KernelChoice, names: list[str], folder: Path) -> None:
+        pixel = gaussian_kernels(
+            self.grid.kernel_size, *choice.params.T, param="var", centre="pixel", scale=self.scale
+        ).to(torch.float32)  # fmt: skip
+        for i, name in enumerate(names):
+            stem = folder / f"{name}_x{self.scale}_kernel"
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            used = choice.kernel[i].detach().to("cpu", torch.float64).numpy()
+            scipy.io.savemat(
+                stem.with_suffix(".mat"),
+                {"Kernel": pixel[i].double().numpy(), "KernelBlockCentred": used, "params": choice.params[i].numpy()},
+            )
+            kernel_png(choice.kernel[i], stem.with_suffix(".png"))
+
+    # ------------------------------------------------------------------------------------------------- steps
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Estimate (or take the ground-truth kernel), fine-tune and evaluate through the base class.
+
+        Adds kernel accuracy in the ground truth's convention and the per-image choices to the table; saves kernels.
+        """
+        gt = batch.get("kernel")
+        if self.use_gt_kernel and gt is None:
+            raise ValueError("use_gt_kernel needs a test set with ground-truth kernels (e.g. DIV2KRK's gt_k_x{s})")
+        base_batch = {k: v for k, v in batch.items() if k != "kernel"}  # kernel accuracy is measured below
+        with self._prepare(batch, gt if self.use_gt_kernel else None) as (choice, seconds):
+            first = len(self._rows)
+            super().test_step(base_batch, batch_idx)
+        rows = self._rows[first:]
+        for row, info in zip(rows, self._rows_info(choice, seconds), strict=True):
+            row.update(info)
+        if gt is not None and choice.estimated:
+            est = self.kernel_in_gt_convention(choice, gt.shape[-1])
+            self.test_kernel_metrics.update(est, gt.to(est))
+            self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=gt.shape[0])
+            self._add_columns(rows, self.test_kernel_metrics)
+        if self.save_images and choice.estimated:
+            self._save_kernels(choice, [r["name"] for r in rows], self._out_dir() / "test_images")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """Estimate, fine-tune, write the SR PNG (base class) and the kernel ``.mat`` and PNG beside it."""
+        with self._prepare(batch, None) as (choice, _):
+            paths = super().predict_step(batch, batch_idx)
+        self._save_kernels(choice, list(batch["name"]), self._out_dir() / "predictions")
+        return paths

@@ -1,0 +1,387 @@
+"""Tests for datamodules.test_sets (test-set readers) and datamodules.generate (DIV2KRK-protocol writer).
+
+A tiny DIV2KRK-layout set is generated in a temporary folder from 11 crops of scikit-image's sample photos (so that
+``im_10`` / ``im_11`` test numeric ordering) and read back; nothing here reads ``/work/shared/data``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from datamodules.test_sets import (
+    DIV2KRKDataset,
+    LRFolderDataset,
+    PairedFolderDataset,
+    block_centre_to_div2krk_kernel,
+    div2krk_kernel_to_block_centre,
+    load_kernel,
+    natural_key,
+    open_benchmark,
+    pairing_key,
+)
+from datamodules.degradation import ops
+from datamodules.generate import build_parser, main
+from datamodules.images import ImageReadError
+
+N_IMAGES = 11
+# (rows, cols) of the crops; image 2 is 40x56 (landscape), image 4 is 45x50 (mod-4 crop to 44x48).
+CROP_SIZES = [(48, 48), (40, 56), (48, 48), (45, 50)] + [(48, 48)] * (N_IMAGES - 4)
+
+
+def _crops() -> list[np.ndarray]:
+    sources = [skdata.astronaut(), skdata.chelsea()]
+    out = []
+    for i, (h, w) in enumerate(CROP_SIZES):
+        src = sources[i % 2]
+        top = 30 + 23 * i
+        left = 60 + 31 * i
+        out.append(np.ascontiguousarray(src[top : top + h, left : left + w, :3]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hr_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hr")
+    for i, crop in enumerate(_crops()):
+        Image.fromarray(crop).save(folder / f"photo_{i:02d}.png")
+    return folder
+
+
+def _generate(hr: Path, out: Path, *extra: str) -> None:
+    assert main(["--hr", str(hr), "--out", str(out), "--scales", "2", "4", *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def rk_set(hr_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rk") / "set"
+    _generate(hr_dir, out, "--seed", "0")
+    return out
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.double() - b.double()) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _regenerate(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
+    """HR ``(3,H,W)`` uint8 -> 8-bit LR ``(3,H/s,W/s)`` in 0..255 (float64): correlate, decimate from 0, quantise."""
+    out = ops.decimate(ops.blur(hr[None].double() / 255, kernel.double(), mode="correlate", border="reflect"), scale, 0)
+    return (ops.quantize(out) * 255)[0]
+
+
+def _centre_of_mass(kernel: torch.Tensor) -> tuple[float, float]:
+    k = kernel.double()
+    idx = torch.arange(k.shape[-1], dtype=torch.float64)
+    return float((k.sum(1) * idx).sum() / k.sum()), float((k.sum(0) * idx).sum() / k.sum())
+
+
+# --------------------------------------------------------------------------------------------- generated set
+
+
+def test_generated_set_reads_back(rk_set):
+    for scale, ksize in ((2, 11), (4, 31)):
+        ds = DIV2KRKDataset(rk_set, scale, require_hr=True, require_kernels=True)
+        assert len(ds) == N_IMAGES
+        assert ds.names == [f"im_{n}" for n in range(1, N_IMAGES + 1)]  # im_10 after im_9, not after im_1
+        for n, item in enumerate(ds, start=1):
+            assert item["name"] == f"im_{n}"
+            h, w = CROP_SIZES[n - 1]
+            h4, w4 = h // 4 * 4, w // 4 * 4  # mod-lcm(2, 4) top-left crop
+            assert item["hr"].dtype == torch.uint8 and item["lr"].dtype == torch.uint8
+            assert tuple(item["hr"].shape) == (3, h4, w4)
+            assert tuple(item["lr"].shape) == (3, h4 // scale, w4 // scale)
+            assert tuple(item["kernel"].shape) == (ksize, ksize)
+            assert item["kernel"].dtype == torch.float32
+            assert abs(item["kernel"].sum().item() - 1) < 1e-5
+            assert item["kernel"].min().item() >= 0
+    # The HR images are top-left crops of the sources.
+    crop = _crops()[3]
+    gt = np.asarray(Image.open(rk_set / "gt" / "im_4.png"))
+    np.testing.assert_array_equal(gt, crop[:44, :48])
+
+
+def test_generator_reports_progress_and_readme(hr_dir, tmp_path, capsys):
+    _generate(hr_dir, tmp_path / "out", "--seed", "3", "--limit", "2")
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("1/2 photo_00.png") for line in lines)
+    assert any(line.startswith("2/2 photo_01.png") for line in lines)
+    readme = (tmp_path / "out" / "README.txt").read_text()
+    assert "seed: 3" in readme and str(hr_dir.resolve()) in readme and "--limit 2" in readme
+    assert "KernelBlockCentred" in readme and "photo_01.png" in readme
+    assert sorted(p.name for p in (tmp_path / "out" / "gt").iterdir()) == ["im_1.png", "im_2.png"]
+
+
+def test_stored_kernels_follow_the_div2krk_release_convention(rk_set):
+    """The .mat 'Kernel' is pixel-centred like DIV2KRK's; shifted back to the block centre it regenerates the LR."""
+    for scale in (2, 4):
+        ds = DIV2KRKDataset(rk_set, scale)
+        exact_ds = DIV2KRKDataset(rk_set, scale, kernel_key="KernelBlockCentred")
+        regen_shifted, regen_raw, stored_lr = [], [], []
+        for item, exact_item in zip(ds, exact_ds, strict=True):
+            k = item["kernel"]
+            size = k.shape[-1]
+            # Centre of mass: middle pixel as stored, block centre k//2 + 0.5*(s-1) for the exact kernel.
+            assert np.allclose(_centre_of_mass(k), (size // 2, size // 2), atol=0.3)
+            block = size // 2 + 0.5 * (scale - 1)
+            assert np.allclose(_centre_of_mass(exact_item["kernel"]), (block, block), atol=0.3)
+            # The exact kernel reproduces the stored LR bit for bit (up to float32 vs float64 rounding ties).
+            exact_lr = _regenerate(item["hr"], exact_item["kernel"], scale)
+            assert (exact_lr - item["lr"].double()).abs().max().item() <= 1
+            assert _psnr(exact_lr, item["lr"]) > 60
+            shifted = _regenerate(item["hr"], div2krk_kernel_to_block_centre(k, scale), scale)
+            raw = _regenerate(item["hr"], k, scale)
+            assert _psnr(shifted, item["lr"]) > _psnr(raw, item["lr"]), item["name"]
+            regen_shifted.append(shifted.flatten())
+            regen_raw.append(raw.flatten())
+            stored_lr.append(item["lr"].flatten())
+        lr_all = torch.cat(stored_lr)
+        psnr_shifted = _psnr(torch.cat(regen_shifted), lr_all)
+        psnr_raw = _psnr(torch.cat(regen_raw), lr_all)
+        assert psnr_shifted >= 45, f"x{scale}: shifted kernel regenerates the LR at only {psnr_shifted:.2f} dB"
+        assert psnr_raw <= psnr_shifted - 5, f"x{scale}: unshifted {psnr_raw:.2f} dB vs shifted {psnr_shifted:.2f} dB"
+
+
+def test_x4_kernel_is_the_x2_kernel_applied_twice(rk_set):
+    from datamodules.degradation.kernels import compose_x2_twice
+
+    k2 = load_kernel(rk_set / "gt_k_x2" / "kernel_5.mat", "KernelBlockCentred").double()
+    k4 = load_kernel(rk_set / "gt_k_x4" / "kernel_5.mat", "KernelBlockCentred").double()
+    torch.testing.assert_close(compose_x2_twice(k2[None])[0], k4, atol=1e-6, rtol=0)
+
+
+def test_generation_is_deterministic_and_seeded_per_image(hr_dir, rk_set, tmp_path):
+    again, other, prefix = tmp_path / "again", tmp_path / "other", tmp_path / "prefix"
+    _generate(hr_dir, again, "--seed", "0")
+    _generate(hr_dir, other, "--seed", "1", "--limit", "3")
+    _generate(hr_dir, prefix, "--seed", "0", "--limit", "3")
+    files = sorted(p.relative_to(rk_set) for p in rk_set.rglob("*") if p.suffix in (".png", ".mat"))
+    assert len(files) == N_IMAGES * 5
+    for rel in files:
+        assert (rk_set / rel).read_bytes() == (again / rel).read_bytes(), rel
+    for rel in (Path("gt_k_x2/kernel_2.mat"), Path("lr_x2/im_2.png"), Path("lr_x4/im_3.png")):
+        assert (rk_set / rel).read_bytes() == (prefix / rel).read_bytes(), rel  # --limit keeps earlier images
+        assert (rk_set / rel).read_bytes() != (other / rel).read_bytes(), rel  # another seed, other kernels
+    assert (rk_set / "gt/im_1.png").read_bytes() == (other / "gt/im_1.png").read_bytes()
+
+
+def test_generator_refuses_to_mix_runs(hr_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    _generate(hr_dir, out, "--limit", "2")
+    assert main(["--hr", str(hr_dir), "--out", str(out), "--limit", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["--hr", str(hr_dir), "--out", str(out), "--limit", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "lr_x4").iterdir()) == ["im_1.png"]
+
+
+def test_generator_errors_name_the_input(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--hr", str(empty), "--out", str(tmp_path / "o1")]) == 2
+    assert str(empty) in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes(b"not a png")
+    assert main(["--hr", str(broken), "--out", str(tmp_path / "o2")]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(small / "tiny.png")
+    assert main(["--hr", str(small), "--out", str(tmp_path / "o3")]) == 2
+    assert "tiny.png" in capsys.readouterr().err
+
+
+def test_help_documents_the_protocol_and_kernel_convention():
+    text = build_parser().format_help()
+    phrases = ("KernelBlockCentred", "MIDDLE pixel", "(seed, N)", "--max-kernel-noise", "--device", "applied twice")
+    for phrase in phrases:
+        assert phrase in text, phrase
+
+
+# --------------------------------------------------------------------------------------------- DIV2KRK reader
+
+
+def test_release_naming_and_rgba_lr(rk_set, tmp_path):
+    copy = tmp_path / "release"
+    shutil.copytree(rk_set, copy)
+    for path in (copy / "gt").iterdir():
+        path.rename(path.with_name(f"img_{path.stem.split('_')[1]}_gt.png"))
+    for path in (copy / "lr_x2").iterdir():
+        Image.open(path).convert("RGBA").save(path)
+    assert Image.open(copy / "lr_x2" / "im_1.png").mode == "RGBA"
+    ours, theirs = DIV2KRKDataset(rk_set, 2, require_hr=True), DIV2KRKDataset(copy, 2, require_hr=True)
+    assert theirs.names == ours.names
+    for a, b in zip(ours, theirs, strict=True):
+        assert b["lr"].shape[0] == 3
+        assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["hr"], b["hr"])
+        torch.testing.assert_close(a["kernel"], b["kernel"], rtol=0, atol=0)
+
+
+def test_missing_hr_is_optional_unless_required(rk_set, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(rk_set, copy)
+    (copy / "gt" / "im_5.png").unlink()
+    ds = DIV2KRKDataset(copy, 4)
+    item = ds[4]
+    assert item["name"] == "im_5" and "hr" not in item and item["kernel"].shape == (31, 31)
+    assert "hr" in ds[3] and not ds.has_hr and ds.has_kernels
+    with pytest.raises(FileNotFoundError, match="im_5"):
+        DIV2KRKDataset(copy, 4, require_hr=True)
+    shutil.rmtree(copy / "gt_k_x4")
+    assert "kernel" not in DIV2KRKDataset(copy, 4)[0]
+    with pytest.raises(FileNotFoundError, match="kernel_1.mat"):
+        DIV2KRKDataset(copy, 4, require_kernels=True)
+
+
+def test_empty_or_misnamed_lr_folder_raises(tmp_path):
+    (tmp_path / "lr_x2").mkdir()
+    with pytest.raises(FileNotFoundError, match="lr_x2"):
+        DIV2KRKDataset(tmp_path, 2)
+    with pytest.raises(FileNotFoundError, match="lr_x4"):
+        DIV2KRKDataset(tmp_path, 4)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "lr_x2" / "baby.png")
+    with pytest.raises(ValueError, match="baby.png"):
+        DIV2KRKDataset(tmp_path, 2)
+
+
+def test_hr_smaller_than_scale_times_lr_names_both_files(rk_set, tmp_path):
+    copy = tmp_path / "small_hr"
+    shutil.copytree(rk_set, copy)
+    hr_path = copy / "gt" / "im_2.png"
+    Image.fromarray(np.asarray(Image.open(hr_path))[:-4]).save(hr_path)
+    ds = DIV2KRKDataset(copy, 2)
+    with pytest.raises(ValueError, match=r"im_2\.png.*smaller.*lr_x2.*im_2\.png"):
+        ds[1]
+    # A larger HR image is cropped top-left.
+    Image.fromarray(np.pad(np.asarray(Image.open(rk_set / "gt" / "im_1.png")), ((0, 3), (0, 5), (0, 0)))).save(
+        copy / "gt" / "im_1.png"
+    )
+    assert torch.equal(ds[0]["hr"], DIV2KRKDataset(rk_set, 2)[0]["hr"])
+
+
+def test_load_kernel_validates_and_normalises(tmp_path):
+    path = tmp_path / "k.mat"
+    scipy.io.savemat(path, {"Kernel": np.full((5, 5), 2.0)})
+    k = load_kernel(path)
+    assert k.dtype == torch.float32 and k.shape == (5, 5) and abs(k.sum().item() - 1) < 1e-6
+    good = np.ones((5, 5))
+    good[0, 0] = -0.004  # interpolation undershoot as in the release: accepted, kept
+    scipy.io.savemat(path, {"Kernel": good})
+    assert load_kernel(path)[0, 0].item() < 0
+    for bad, message in ((np.ones((5, 4)), "square"), (np.ones((2, 3, 3)), "square"), (np.eye(3) - 0.05, "negative")):
+        scipy.io.savemat(path, {"Kernel": bad})
+        with pytest.raises(ValueError, match=message) as err:
+            load_kernel(path)
+        assert "k.mat" in str(err.value)
+    scipy.io.savemat(path, {"K": np.ones((3, 3))})
+    with pytest.raises(KeyError, match="k.mat"):
+        load_kernel(path)
+
+
+def test_kernel_centre_conversions_move_the_centre_of_mass():
+    from datamodules.degradation.kernels import gaussian_kernels
+
+    for scale, size in ((2, 11), (4, 31)):
+        pixel = gaussian_kernels(size, torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.4]), centre="pixel")[0]
+        block = div2krk_kernel_to_block_centre(pixel.double(), scale)
+        mid = size // 2
+        assert np.allclose(_centre_of_mass(block), (mid + 0.5 * (scale - 1),) * 2, atol=0.02)
+        assert abs(block.sum().item() - 1) < 1e-9
+        back = block_centre_to_div2krk_kernel(block, scale)
+        assert np.allclose(_centre_of_mass(back), (mid, mid), atol=0.02)
+
+
+# --------------------------------------------------------------------------------------------- other layouts
+
+
+def _save(path: Path, h: int, w: int, seed: int) -> np.ndarray:
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def test_pairing_key_and_natural_order():
+    for stem in ("baby_LR", "baby_HR", "baby_x2", "babyx2", "baby_gt", "baby", "Baby-lr"):
+        assert pairing_key(stem) == "baby", stem
+    assert pairing_key("img_001_SRF_4_LR") == pairing_key("img_001_SRF_4_HR") == "img_001"
+    assert pairing_key("hr") == "hr"
+    assert sorted(["im_10", "im_2", "im_1"], key=natural_key) == ["im_1", "im_2", "im_10"]
+
+
+def test_paired_folder_dataset(tmp_path):
+    lr_dir, hr_dir, k_dir = tmp_path / "LR", tmp_path / "HR", tmp_path / "kernels"
+    pairs = {"baby_LR": "baby_HR", "bird_x2": "bird", "img_2_LR": "img_2_HR", "img_10_LR": "img_10_HR"}
+    hr_arrays = {}
+    for i, (lr_stem, hr_stem) in enumerate(pairs.items()):
+        _save(lr_dir / f"{lr_stem}.png", 6, 7, i)
+        hr_arrays[lr_stem] = _save(hr_dir / f"{hr_stem}.png", 13, 15, 10 + i)  # one px larger than 2x: cropped
+    k_dir.mkdir()
+    scipy.io.savemat(k_dir / "baby_LR.mat", {"Kernel": np.ones((3, 3))})
+    scipy.io.savemat(k_dir / "kernel_2.mat", {"Kernel": np.ones((5, 5))})
+    ds = PairedFolderDataset(lr_dir, hr_dir, scale=2, kernel_dir=k_dir)
+    assert ds.names == ["baby_LR", "bird_x2", "img_2_LR", "img_10_LR"]
+    for item in ds:
+        assert tuple(item["lr"].shape) == (3, 6, 7) and tuple(item["hr"].shape) == (3, 12, 14)
+        np.testing.assert_array_equal(item["hr"].permute(1, 2, 0).numpy(), hr_arrays[item["name"]][:12, :14])
+    assert ds[0]["kernel"].shape == (3, 3) and ds[2]["kernel"].shape == (5, 5)
+    assert "kernel" not in ds[1] and "kernel" not in ds[3]
+    lr_only = PairedFolderDataset(lr_dir, scale=2)
+    assert "hr" not in lr_only[0] and len(lr_only) == 4
+    _save(lr_dir / "zebra_LR.png", 6, 7, 99)
+    with pytest.raises(FileNotFoundError, match="zebra_LR.png"):
+        PairedFolderDataset(lr_dir, hr_dir, scale=2)
+
+
+def test_lr_folder_dataset(tmp_path):
+    _save(tmp_path / "img_10.png", 5, 6, 0)
+    _save(tmp_path / "img_9.jpg", 7, 4, 1)
+    _save(tmp_path / "sub" / "chip.png", 3, 3, 2)
+    ds = LRFolderDataset(tmp_path)
+    assert ds.names == ["img_9", "img_10", "sub/chip"]
+    item = ds[1]
+    assert item["name"] == "img_10" and item["path"] == str(tmp_path / "img_10.png")
+    assert item["lr"].dtype == torch.uint8 and tuple(item["lr"].shape) == (3, 5, 6)
+    single = LRFolderDataset(tmp_path / "img_9.jpg")
+    assert single.names == ["img_9"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        LRFolderDataset(tmp_path / "nowhere")
+
+
+def test_open_benchmark_detects_the_layout(rk_set, tmp_path):
+    assert type(open_benchmark(rk_set, 2)) is DIV2KRKDataset
+    assert type(open_benchmark(rk_set, 4, "div2krk")) is DIV2KRKDataset
+    with pytest.raises(FileNotFoundError, match=r"lr_x3.*lr_x2"):  # wrong scale: names what is there
+        open_benchmark(rk_set, 3)
+    _save(tmp_path / "LR" / "baby_LR.png", 4, 4, 0)
+    _save(tmp_path / "HR" / "baby_HR.png", 8, 8, 1)
+    paired = open_benchmark(tmp_path, 2)
+    assert type(paired) is PairedFolderDataset and paired[0]["hr"].shape == (3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="lr_x2"):
+        open_benchmark(tmp_path, 2, "div2krk")
+    shutil.rmtree(tmp_path / "HR")
+    with pytest.raises(FileNotFoundError, match="HR"):
+        open_benchmark(tmp_path, 2, "paired")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        open_benchmark(tmp_path / "missing", 2)
+
+
+def test_dataset_items_collate(rk_set):
+    loader = torch.utils.data.DataLoader(DIV2KRKDataset(rk_set, 2), batch_size=1)
+    batch = next(iter(loader))
+    assert batch["lr"].shape == (1, 3, 24, 24) and batch["kernel"].shape == (1, 11, 11) and batch["name"] == ["im_1"]
+
+
+def test_unreadable_lr_names_the_file(rk_set, tmp_path):
+    copy = tmp_path / "broken"
+    shutil.copytree(rk_set, copy)
+    (copy / "lr_x2" / "im_3.png").write_bytes(b"garbage")
+    with pytest.raises(ImageReadError, match="im_3.png"):
+        DIV2KRKDataset(copy, 2)[2]

@@ -1,0 +1,236 @@
+"""MoESR's grid, folding, kernel generator and the degradations of its training stages."""
+
+import math
+
+import pytest
+import torch
+
+from datamodules.degradation import GridDegradation, MoESRGrid, MoESRKernelDegradation, ops
+from datamodules.degradation.kernels import decimation_phase, gaussian_kernels
+from datamodules.degradation.pipelines.moesr import (
+    THETA_UNIT,
+    X2_LAMBDAS,
+    apply_transform,
+    fold_theta,
+    invert_transform,
+    moesr_kernels,
+)
+
+U = THETA_UNIT
+
+
+def test_official_grid_counts_order_and_experts():
+    grid = MoESRGrid(2)
+    assert (grid.num_kernels, grid.num_experts, grid.kernel_size) == (85, 25, 13)
+    first = [
+        (0.85, 0.85, 0.0),
+        *[(1.47, 0.85, (2 * j + 1) * U) for j in range(8)],
+        (1.47, 1.47, 0.0),
+        (2.27, 0.85, U),
+    ]
+    torch.testing.assert_close(grid.params[: len(first)], torch.tensor(first, dtype=torch.float64))
+    assert grid.params[-1].tolist() == [4.37, 4.37, 0.0]
+    # every (l1 >= l2) pair once; isotropic kernels only at theta 0; anisotropic at the 8 odd multiples of pi/16
+    iso = grid.params[:, 0] == grid.params[:, 1]
+    assert int(iso.sum()) == 5 and bool((grid.params[iso, 2] == 0).all())
+    assert bool((grid.params[:, 0] >= grid.params[:, 1]).all())
+    units = (grid.params[~iso, 2] / U).round()
+    assert sorted(set(units.tolist())) == [1, 3, 5, 7, 9, 11, 13, 15]
+    # stored experts: model angles 0 (isotropic), pi/16, 3pi/16 only; 5 + 10 x 2
+    model_units = sorted(set((grid.experts[:, 2] / U).round().tolist()))
+    assert model_units == [0, 1, 3]
+    assert grid.experts[:4].tolist() == [[0.85, 0.85, 0.0], [1.47, 0.85, U], [1.47, 0.85, 3 * U], [1.47, 1.47, 0.0]]
+    # each expert is used by 1 (isotropic) or 4 (one per transform) grid kernels
+    counts = torch.bincount(grid.expert_index, minlength=25)
+    assert sorted(set(counts.tolist())) == [1, 4]
+    assert grid.transform[:9].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_reduced_grid_and_x4_grid():
+    small = MoESRGrid(2, [0.85, 2.27, 4.37])
+    assert (small.num_kernels, small.num_experts) == (27, 9)
+    x4 = MoESRGrid(4)
+    assert x4.kernel_size == 33 and x4.num_kernels == 85
+    assert x4.lambdas == pytest.approx([5 * v for v in X2_LAMBDAS])
+    assert x4.lambdas == pytest.approx([4.25, 7.35, 11.35, 16.15, 21.85])  # the official x4 set
+    torch.testing.assert_close(x4.params[:, 2], MoESRGrid(2).params[:, 2])
+    with pytest.raises(ValueError, match="x3"):
+        MoESRGrid(3)
+    with pytest.raises(ValueError, match="increasing"):
+        MoESRGrid(2, [2.0, 1.0])
+    assert MoESRGrid(2) == MoESRGrid(2, list(X2_LAMBDAS)) != small
+
+
+def test_grid_kernels_are_block_centred_moesr_kernels():
+    grid = MoESRGrid(2)
+    k = grid.kernels(torch.float64)
+    assert k.shape == (85, 13, 13)
+    torch.testing.assert_close(k.sum(dim=(1, 2)), torch.ones(85, dtype=torch.float64))
+    ref = gaussian_kernels(13, grid.params[:, 0], grid.params[:, 1], grid.params[:, 2], centre="block", scale=2)
+    torch.testing.assert_close(k, ref)
+    # an isotropic kernel's centre of mass sits at the block centre 6.5 up to its truncated tail
+    coords = torch.arange(13, dtype=torch.float64)
+    com = (k[0].sum(0) * coords).sum()
+    assert abs(com - 6.5) < 1e-3
+    assert grid.expert_kernels().shape == (25, 13, 13)
+
+
+def test_transforms_are_inverse_and_fold_theta():
+    x = torch.rand(2, 3, 6, 8)
+    for t in range(4):
+        y = apply_transform(x, t)
+        assert y.shape[-2:] == ((8, 6) if t in (1, 2) else (6, 8))
+        torch.testing.assert_close(invert_transform(y, t), x)
+    with pytest.raises(ValueError):
+        apply_transform(x, 4)
+    grid = MoESRGrid(2)
+    model, t = fold_theta(grid.params[:, 2])
+    aniso = grid.params[:, 0] != grid.params[:, 1]
+    torch.testing.assert_close(model[aniso], grid.experts[grid.expert_index, 2][aniso])
+    assert t[aniso].tolist() == grid.transform[aniso].tolist()
+    # angles are taken mod pi
+    torch.testing.assert_close(fold_theta(torch.tensor([5 * U + math.pi]))[0], torch.tensor([3 * U]))
+
+
+def _symmetric(size: int, params: torch.Tensor) -> torch.Tensor:
+    """The grid's Gaussians on a support symmetric about the block centre (side k + s - 1, pixel-centred)."""
+    return gaussian_kernels(size, params[:, 0], params[:, 1], params[:, 2], centre="pixel")
+
+
+def _max_folding_error(hr, grid, kernels, expert_kernels, scale, phase, transforms):
+    """Max over grid kernels i of |blur_decimate(hr, k_i) - invert(blur_decimate(apply(hr, t_i), e_i), t_i)|."""
+    n = grid.num_kernels
+    batch = hr.expand(n, *hr.shape[1:])
+    direct = ops.blur_decimate(batch, kernels, scale, phase)
+    worst = torch.zeros(n, dtype=hr.dtype)
+    for t in range(4):
+        sel = (transforms == t).nonzero().flatten()
+        folded = invert_transform(
+            ops.blur_decimate(apply_transform(batch[sel], t), expert_kernels[sel], scale, phase), t
+        )
+        worst[sel] = (direct[sel] - folded).abs().amax(dim=(1, 2, 3))
+    return worst
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_folding_is_exact_for_every_grid_kernel(scale):
+    """blur_decimate(hr, k_i) == invert(blur_decimate(apply(hr, t_i), expert kernel of i), t_i), every i.
+
+    Exact (float32 round-off) with a support symmetric about the block centre; with the official 13x13 (33x33)
+    block-centred support the difference is the truncated tail only (< 2e-3 on noise images). Swapping the two
+    rotation transforms breaks it, so the test can fail.
+    """
+    grid = MoESRGrid(scale)
+    torch.manual_seed(0)
+    hr = torch.rand(1, 3, 12 * scale, 10 * scale)  # sides multiples of the scale, non-square
+    size = grid.kernel_size + scale - 1
+    phase = decimation_phase(size, scale, "pixel")
+    sym = _symmetric(size, grid.params).float()
+    sym_expert = _symmetric(size, grid.experts[grid.expert_index]).float()
+    exact = _max_folding_error(hr, grid, sym, sym_expert, scale, phase, grid.transform)
+    assert float(exact.max()) < 1e-5
+    official = _max_folding_error(
+        hr,
+        grid,
+        grid.kernels(torch.float64),
+        grid.expert_kernels(torch.float64)[grid.expert_index],
+        scale,
+        0,
+        grid.transform,
+    )
+    assert float(official.max()) < 2e-3
+    rotated = (grid.transform == 1) | (grid.transform == 2)
+    swapped = torch.where(rotated, 3 - grid.transform, grid.transform)
+    wrong = _max_folding_error(hr, grid, sym, sym_expert, scale, phase, swapped)
+    assert float(wrong[rotated].min()) > 1e-3
+
+
+def test_moesr_kernels_differentiable_and_sum_to_one():
+    lam1 = torch.tensor([4.0, 0.5, 2.0, 0.01], requires_grad=True)
+    lam2 = torch.tensor([1.0, 0.5, 0.3, 0.01], requires_grad=True)
+    theta = torch.tensor([0.3, 0.0, 2.5, 1.0], requires_grad=True)
+    k = moesr_kernels(lam1, lam2, theta, 13, 2)
+    assert k.shape == (4, 13, 13)
+    torch.testing.assert_close(k.sum(dim=(1, 2)), torch.ones(4))
+    target = torch.rand(4, 13, 13)
+    (k - target / target.sum(dim=(1, 2), keepdim=True)).abs().sum().backward()
+    for p in (lam1, lam2, theta):
+        assert torch.isfinite(p.grad).all()
+    assert lam1.grad[0] != 0 and lam2.grad[0] != 0 and theta.grad[0] != 0
+    # theta is measured from the x (column) axis: a long horizontal kernel spreads along the columns
+    flat = moesr_kernels(torch.tensor([4.0]), torch.tensor([0.3]), torch.tensor([0.0]), 13, 2)[0]
+    assert flat.sum(0).std() < flat.sum(1).std()  # column profile (sum over rows) wider than the row profile
+
+
+def test_nearest_rules():
+    grid = MoESRGrid(2)
+    # every grid kernel maps onto itself
+    assert grid.nearest(grid.params.float()).tolist() == list(range(85))
+    # small perturbations snap back
+    noisy = grid.params.clone()
+    noisy[:, :2] += 0.1
+    noisy[:, 2] += 0.05
+    aniso = grid.params[:, 0] != grid.params[:, 1]
+    assert (grid.nearest(noisy)[aniso] == torch.arange(85)[aniso]).all()
+    # snapped lambda2 >= lambda1 -> the isotropic kernel at the snapped lambda2 (official: lambda1 raised)
+    iso_227 = int(((grid.params[:, 0] == 2.27) & (grid.params[:, 1] == 2.27)).nonzero())
+    assert grid.nearest(torch.tensor([[1.0, 2.2, 9 * U]])).tolist() == [iso_227]
+    assert grid.nearest(torch.tensor([[2.3, 2.2, 9 * U]])).tolist() == [iso_227]
+    # theta is taken mod pi and snapped on the circle: -0.05 rad is next to 15pi/16, not pi/16
+    idx = grid.nearest(torch.tensor([[4.37, 0.85, -0.05], [4.37, 0.85, math.pi + 0.25]]))
+    assert grid.params[idx, 2].tolist() == pytest.approx([15 * U, U])
+    # the official isotropic quirk: the transform follows the snapped theta even for the isotropic expert
+    expert, transform = grid.nearest_expert(torch.tensor([[1.0, 2.2, 9 * U], [4.37, 0.85, 13 * U]]))
+    assert expert[0] == grid.expert_index[iso_227] and transform[0] == 2
+    assert grid.transform[iso_227] == 0
+    aniso_13 = int(grid.nearest(torch.tensor([[4.37, 0.85, 13 * U]])))
+    assert expert[1] == grid.expert_index[aniso_13] and transform[1] == grid.transform[aniso_13] == 3
+
+
+def test_kernel_nearest_and_intermediate_kernels():
+    grid = MoESRGrid(2)
+    assert grid.kernel_nearest(grid.kernels()).tolist() == list(range(85))
+    x4 = MoESRGrid(4)
+    inter = x4.intermediate_kernels(x4.params[:3].float())
+    torch.testing.assert_close(inter, MoESRGrid(2).kernels()[:3], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="x4"):
+        grid.intermediate_kernels(grid.params[:1])
+
+
+def test_grid_degradation_every_expert_kernel():
+    deg = GridDegradation(2, [0.85, 2.27, 4.37])
+    torch.manual_seed(0)
+    hr = torch.rand(3, 3, 32, 24)
+    gen = torch.Generator().manual_seed(0)
+    out = deg(hr, gen)
+    assert out["lr_experts"].shape == (3, 9, 3, 16, 12)
+    assert out["lr"].shape == (3, 3, 16, 12) and out["kernel"].shape == (3, 13, 13)
+    idx = out["params"]["expert_index"]
+    for b in range(3):
+        torch.testing.assert_close(out["lr"][b], out["lr_experts"][b, idx[b]])
+        torch.testing.assert_close(out["kernel"][b], deg.grid.expert_kernels()[idx[b]])
+    # one convolution with the experts as output channels == ops.blur_decimate with each kernel, then quantised
+    for e in (0, 4, 8):
+        ref = ops.quantize(ops.blur_decimate(hr, deg.grid.expert_kernels()[e], 2))
+        torch.testing.assert_close(out["lr_experts"][:, e], ref, atol=1 / 255 + 1e-6, rtol=0)
+        exact = ops.blur_decimate(hr, deg.grid.expert_kernels()[e], 2)
+        torch.testing.assert_close(deg.degrade_all(hr)[:, e], exact, atol=1e-6, rtol=0)
+    assert torch.equal(out["lr_experts"], ops.quantize(out["lr_experts"]))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_moesr_kernel_degradation(scale):
+    deg = MoESRKernelDegradation(scale)
+    gen = torch.Generator().manual_seed(0)
+    params = deg.sample(torch.Size((400, 3, 8, 8)), gen, "cpu")
+    lo, hi = 0.85 * (5 if scale == 4 else 1), 4.37 * (5 if scale == 4 else 1)
+    assert bool((params["lambda1"] >= params["lambda2"]).all())
+    assert lo <= float(params["lambda2"].min()) and float(params["lambda1"].max()) <= hi
+    assert float(params["lambda1"].max()) > lo + 0.8 * (hi - lo) and float(params["theta"].max()) > 2.8
+    hr = torch.rand(2, 3, 16 * scale, 16 * scale)
+    out = deg.apply(hr, {k: v[:2] for k, v in params.items()})
+    k = out["kernel"]
+    assert k.shape == (2, deg.kernel_size, deg.kernel_size) and deg.kernel_size == (13 if scale == 2 else 33)
+    torch.testing.assert_close(k, moesr_kernels(params["lambda1"][:2], params["lambda2"][:2],
+                                                params["theta"][:2], deg.kernel_size, scale))  # fmt: skip
+    torch.testing.assert_close(out["lr"], ops.quantize(ops.blur_decimate(hr, k, scale)))

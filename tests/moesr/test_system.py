@@ -1,0 +1,207 @@
+import csv
+import math
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from datamodules.test_sets import DIV2KRKDataset, div2krk_kernel_to_block_centre
+from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform, moesr_kernels
+from lightning_modules.core.stages import CheckpointError
+from lightning_modules.moesr.inference import (
+    KernelChoice,
+    MoESR,
+    fit_kernel_size,
+    fold_transform_into_weights,
+    kernel_moments,
+)
+from lightning_modules.moesr.grid_eval import grid_outputs
+from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
+from lightning_modules.core.cli import cli_main
+from tests.conftest import REPO
+
+LAMBDAS = (0.85, 2.27, 4.37)  # 27 grid kernels, 9 experts
+CONFIG = str(REPO / "configs/moesr/test.yaml")
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is much faster
+
+
+def tiny_stages(scale: int = 2, seed: int = 0) -> tuple[ExpertBank, MoESRGrid, ISE, KEN]:
+    torch.manual_seed(seed)
+    grid = MoESRGrid(scale, LAMBDAS)
+    return ExpertBank(grid.num_experts, scale, 3, 4), grid, ISE((4, 4, 4, 4, 4)), KEN(grid.num_kernels, 8)
+
+
+def write_checkpoints(folder: Path, scale: int = 2) -> dict[str, str]:
+    """Lightning-style checkpoints of random tiny stages, with the hyper-parameters the stage systems save."""
+    bank, _, ise, ken = tiny_stages(scale)
+    parts = {
+        "experts": (bank, "bank.", {"lambdas": list(LAMBDAS), "num_layers": 3, "channels": 4}),
+        "ise": (ise, "ise.", {"ise_channels": [4, 4, 4, 4, 4]}),
+        "ken": (ken, "ken.", {"hidden": 8}),
+    }
+    paths = {}
+    for name, (module, prefix, hp) in parts.items():
+        path = folder / f"{name}_x{scale}" / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "state_dict": {prefix + k: v for k, v in module.state_dict().items()},
+                "pytorch-lightning_version": lightning.__version__,
+                "hyper_parameters": {"scale": scale, **hp},
+            },
+            path,
+        )
+        paths[name] = str(folder / f"{name}_x{{scale}}" / "last.ckpt")
+    return paths
+
+
+def model(scale: int = 2, **kwargs) -> MoESR:
+    m = MoESR(scale=scale, progress=False, **kwargs)
+    m.set_stages(*tiny_stages(scale))
+    return m
+
+
+def read_table(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_folded_expert_equals_the_grid_output_of_its_kernel():
+    m = model()
+    lr = torch.rand(1, 3, 14, 18)
+    picks = [int((m.grid.transform == t).nonzero()[0]) for t in range(4)]  # one grid kernel per transform
+    with torch.no_grad():
+        reference = grid_outputs(m.bank, m.grid, lr, indices=torch.tensor(picks))
+        for slot, index in enumerate(picks):
+            torch.testing.assert_close(m.expert_for(index)(lr), reference[:, slot], atol=1e-5, rtol=0)
+    net = m.bank.expert(3)
+    with torch.no_grad():
+        for t in range(4):
+            folded = fold_transform_into_weights(m.bank.expert(3), t)
+            torch.testing.assert_close(folded(lr), invert_transform(net(apply_transform(lr, t)), t), atol=1e-5, rtol=0)
+    assert all(p.requires_grad for p in m.expert_for(0).parameters())
+
+
+def test_kernel_moments_and_sizes():
+    params = torch.tensor([[3.0, 0.9, 0.7], [1.5, 1.5, 0.0], [4.0, 0.7, 2.6]], dtype=torch.float64)
+    k = moesr_kernels(params[:, 0], params[:, 1], params[:, 2], 21, 2)
+    est = kernel_moments(k)
+    torch.testing.assert_close(est[:, :2], params[:, :2], atol=0.02, rtol=0)
+    assert abs(float(est[0, 2]) - 0.7) < 1e-3 and abs(float(est[2, 2]) - 2.6) < 1e-3
+    padded = fit_kernel_size(k.float(), 25)
+    assert padded.shape == (3, 25, 25) and torch.allclose(padded[:, 2:-2, 2:-2], k.float())
+    cropped = fit_kernel_size(padded, 21)
+    torch.testing.assert_close(cropped, k.float())
+
+
+def test_kernel_accuracy_is_measured_in_the_ground_truth_convention():
+    m = model()
+    params = torch.tensor([[3.0, 1.0, 0.4]], dtype=torch.float64)
+    gt = gaussian_kernels(11, *params.T, param="var", centre="pixel").float()
+    choice = KernelChoice(torch.zeros(1, 13, 13), torch.zeros(1, dtype=torch.long), params, None, True, 0.0)
+    torch.testing.assert_close(m.kernel_in_gt_convention(choice, 11), gt)
+    block = moesr_kernels(*params.T, 13, 2).float()
+    # the block-centred kernel compared as is would count the half-pixel shift as an error
+    padded_gt = fit_kernel_size(gt, 13)
+    assert (block - padded_gt).abs().sum() > 0.1
+
+
+def test_pipeline_without_finetuning_is_the_chosen_expert_and_x4_runs():
+    m = model(finetune_iters=0, estimate_crop=16)
+    lr = torch.rand(1, 3, 30, 26)
+    with torch.no_grad():
+        choice = m.choose(lr)
+        sr = m.super_resolve(lr)
+    assert choice.kernel.shape == (1, 13, 13) and choice.intermediate is None
+    assert m._estimation_input(lr).shape[-2:] == (25, 25)  # 16 raised to ISE's 49 px / 2
+    index = m.grid.nearest(m.estimate_parameters(lr))
+    torch.testing.assert_close(index.cpu(), choice.grid_index)
+    with torch.no_grad():
+        torch.testing.assert_close(sr, grid_outputs(m.bank, m.grid, lr, indices=index)[:, 0], atol=1e-5, rtol=0)
+    m4 = model(4, finetune_iters=2)
+    lr4 = torch.rand(1, 3, 40, 36)
+    with torch.inference_mode():
+        choice4 = m4.choose(lr4)
+        sr4 = m4.super_resolve(lr4)
+    assert choice4.kernel.shape == (1, 33, 33) and choice4.intermediate.shape == (1, 13, 13)
+    assert sr4.shape == (1, 3, 160, 144) and torch.isfinite(sr4).all()
+
+
+def test_use_gt_kernel_moves_div2krk_kernels_to_the_block_centre_and_picks_the_nearest_grid_kernel(tiny_div2krk):
+    item = DIV2KRKDataset(tiny_div2krk, 2)[0]
+    gt = item["kernel"][None]  # as stored: pixel-centred, 11x11
+    m = model(use_gt_kernel=True)
+    lr = item["lr"][None].float() / 255
+    choice = m.choose(lr, gt)
+    block = fit_kernel_size(div2krk_kernel_to_block_centre(gt, 2), 13)
+    torch.testing.assert_close(choice.kernel, block)
+    sae = (m.grid.kernels()[None] - block[:, None]).abs().sum(dim=(-2, -1))
+    assert int(choice.grid_index[0]) == int(sae.argmin()) and not choice.estimated
+    assert 0 <= float(choice.params[0, 2]) < math.pi and choice.params[0, 0] >= choice.params[0, 1]
+
+
+def test_cli_test_and_predict_write_sr_kernels_and_kernel_accuracy(tmp_path, tiny_div2krk):
+    ckpts = write_checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    common = [
+        f"--model.init_args.experts_ckpt={ckpts['experts']}", f"--model.init_args.ise_ckpt={ckpts['ise']}",
+        f"--model.init_args.ken_ckpt={ckpts['ken']}", "--model.init_args.finetune_iters=3",
+        f"--model.init_args.output_dir={out}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
+    ]  # fmt: skip
+    cli_main(["test", "-c", CONFIG, f"--data.init_args.test_set={tiny_div2krk}", *common])
+    rows = read_table(out / "test_results.csv")
+    assert [r["name"] for r in rows] == ["im_1", "im_2", "im_3", "im_4", "mean"]
+    for row in rows:
+        assert float(row["kernel_sae"]) > 0 and float(row["kernel_l2"]) >= 0 and math.isfinite(float(row["psnr_y"]))
+        assert float(row["finetune_s"]) > 0 and 0 <= float(row["grid_kernel"]) < 27
+    for name in ("im_1", "im_4"):
+        sr = np.asarray(Image.open(out / "test_images" / f"{name}_x2.png"))
+        assert sr.shape == (96, 96, 3)
+        mat = scipy.io.loadmat(out / "test_images" / f"{name}_x2_kernel.mat")
+        assert mat["Kernel"].shape == mat["KernelBlockCentred"].shape == (13, 13)
+        assert abs(mat["Kernel"].sum() - 1) < 1e-5 and mat["params"].size == 3
+        assert Image.open(out / "test_images" / f"{name}_x2_kernel.png").size == (13 * 16, 13 * 16)
+    lr_dir = tiny_div2krk / "lr_x2"
+    cli_main(["predict", "-c", CONFIG, f"--data.init_args.predict_dir={lr_dir}", *common])
+    assert (out / "predictions" / "im_2_x2.png").is_file() and (out / "predictions" / "im_2_x2_kernel.mat").is_file()
+
+
+def test_cli_gt_kernel_needs_no_ise_or_ken_and_missing_checkpoints_name_their_command(tmp_path, tiny_div2krk):
+    ckpts = write_checkpoints(tmp_path / "ckpt")
+    out = tmp_path / "gt"
+    base = [
+        "test", "-c", CONFIG, f"--data.init_args.test_set={tiny_div2krk}", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.num_workers=0", "--model.init_args.finetune_iters=0",
+    ]  # fmt: skip
+    cli_main([
+        *base, f"--model.init_args.experts_ckpt={ckpts['experts']}", "--model.init_args.use_gt_kernel=true",
+        f"--model.init_args.ise_ckpt={tmp_path}/none.ckpt", f"--model.init_args.ken_ckpt={tmp_path}/none.ckpt",
+        f"--model.init_args.output_dir={out}",
+    ])  # fmt: skip
+    rows = read_table(out / "test_results.csv")
+    assert len(rows) == 5 and "kernel_sae" not in rows[0] and math.isfinite(float(rows[-1]["psnr_y"]))
+    assert (out / "test_images" / "im_3_x2.png").is_file() and not list((out / "test_images").glob("*.mat"))
+    with pytest.raises(CheckpointError, match=r"(?s)nowhere/experts_x2/last.ckpt.*configs/moesr/experts.yaml"):
+        cli_main([*base, f"--model.init_args.experts_ckpt={tmp_path}/nowhere/experts_x{{scale}}/last.ckpt"])
+    with pytest.raises(CheckpointError, match=r"(?s)missing_ken.ckpt.*configs/moesr/ken.yaml"):
+        cli_main([
+            *base, f"--model.init_args.experts_ckpt={ckpts['experts']}", f"--model.init_args.ise_ckpt={ckpts['ise']}",
+            f"--model.init_args.ken_ckpt={tmp_path}/missing_ken.ckpt",
+        ])  # fmt: skip
+
+
+def test_runtime_options_stay_out_of_hparams():
+    m = MoESR(finetune_iters=7, use_gt_kernel=True, estimate_crop=64, real=True, output_dir="x", scale=2)
+    assert set(m.hparams) == {"experts_ckpt", "ise_ckpt", "ken_ckpt", "scale"}
+    assert m.finetune_iters == 7 and m.checkpoint_path("ken") == "checkpoints/moesr/ken_x2/last.ckpt"
+    with pytest.raises(RuntimeError, match="nothing to fit"):
+        m.configure_optimizers()
