@@ -19,7 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from datamodules.degradation import ClassicalDegradation, DIV2KRKKernelSampler, ops
+from datamodules.degradation import ops
+from datamodules.degradation.pipelines import ClassicalDegradation
+from datamodules.degradation.samplers import DIV2KRKKernelSampler
 from lightning_modules.core.runtime import keep_freed_memory
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from datamodules.degradation.pipelines.mixture import MixtureDegradation, mixture_kernels
-from datamodules.images import find_images, load_rgb, to_tensor
+from datamodules.images import find_images
+from datamodules.io import load_rgb, to_tensor
 from lightning_modules.core.stages import read_checkpoint
 from lightning_modules.mixture.enet_pretrain import ENetPretrain
 

@@ -45,13 +45,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.degradation import time_interleaved
-from datamodules.test_sets import DIV2KRKDataset, LRFolderDataset
 from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform
-from lightning_modules.moesr.inference import MoESR
-from lightning_modules.moesr.grid_eval import grid_outputs
-from lightning_modules.moesr.finetune import FinetuneObjective
-from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
+from datamodules.test_sets import DIV2KRKDataset, LRFolderDataset
 from lightning_modules.core.runtime import keep_freed_memory
+from lightning_modules.moesr.finetune import FinetuneObjective
+from lightning_modules.moesr.grid_eval import grid_outputs
+from lightning_modules.moesr.inference import MoESR
+from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SET = REPO.parent / "shared/data/test/DIV2KRK_sample"

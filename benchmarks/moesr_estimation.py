@@ -32,7 +32,8 @@ import torch
 from benchmarks.enet_accuracy import grid_crops
 from datamodules.degradation import ops
 from datamodules.degradation.pipelines.moesr import MoESRKernelDegradation, moesr_kernels
-from datamodules.images import find_images, load_rgb, to_tensor
+from datamodules.images import find_images
+from datamodules.io import load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
 from lightning_modules.moesr.grid_eval import (
     DEFAULT_CKPTS,

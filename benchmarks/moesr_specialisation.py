@@ -24,7 +24,8 @@ import torch
 
 from datamodules.degradation import ops
 from datamodules.degradation.pipelines.moesr import THETA_UNIT, MoESRGrid
-from datamodules.images import find_images, load_rgb, to_tensor
+from datamodules.images import find_images
+from datamodules.io import load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
 from lightning_modules.moesr.grid_eval import degrade, diagonal_wins, specialisation_matrix, train_experts_on_kernels
 from lightning_modules.nets.moesr import ExpertBank

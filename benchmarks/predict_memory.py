@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from datamodules.degradation.ops import resize
-from datamodules.images import builtin_photo_paths, load_rgb, to_tensor
+from datamodules.images import builtin_photo_paths
+from datamodules.io import load_rgb, to_tensor
 from lightning_modules.baselines.single_net import SingleNetSR
 from lightning_modules.core.tiling import tiled_forward
 

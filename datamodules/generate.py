@@ -33,7 +33,6 @@ holds a fixed text instead of scipy's time stamp).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import re
 import shlex
@@ -43,16 +42,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import torch
-from PIL import Image
 
-from datamodules.test_sets import block_centre_to_div2krk_kernel
+from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.degradation.samplers import DIV2KRKKernelSampler
-from datamodules.images import ImageReadError, find_images, load_rgb, to_tensor
+from datamodules.images import find_images
+from datamodules.io import ImageReadError, load_rgb, save_kernel_mat, save_png, to_tensor
 
-MAT_HEADER = b"MATLAB 5.0 MAT-file, written by blindsr datamodules.generate (DIV2KRK protocol)"
 _OWN_FILES = re.compile(r"^(?:im_\d+\.png|kernel_\d+\.mat)$")
 
 EPILOG = """\
@@ -144,20 +141,6 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     """The CPU ``torch.Generator`` of image ``index`` (1-based), seeded from ``(seed, index)`` via ``SeedSequence``."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device="cpu").manual_seed(int(state % (2**63)))
-
-
-def save_png(arr: np.ndarray, path: Path) -> None:
-    """Write an ``(H, W, 3) uint8`` array as an RGB PNG (deterministic bytes)."""
-    Image.fromarray(arr, mode="RGB").save(path, format="PNG")
-
-
-def save_kernel_mat(path: Path, kernels: dict[str, np.ndarray]) -> None:
-    """Write ``{name: (k, k) float64}`` as a MATLAB 5 ``.mat`` with a fixed header text (no time stamp)."""
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, {k: np.asarray(v, dtype=np.float64) for k, v in kernels.items()})
-    data = bytearray(buffer.getvalue())
-    data[:116] = MAT_HEADER.ljust(116, b" ")
-    path.write_bytes(bytes(data))
 
 
 def _prepare_out(out: Path, scales: Sequence[int], overwrite: bool) -> None:

@@ -13,20 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from datamodules.io import IMAGE_SUFFIXES, ImageReadError, load_rgb, to_tensor
+
 BUILTIN = "builtin"
 # The colour photographs that scikit-image ships in skimage/data (no download); synthetic and grey images excluded.
 BUILTIN_PHOTOS = (
     "astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
     "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
 )  # fmt: skip
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read or is unusable (the message names the file)."""
 
 
 def builtin_photo_paths() -> list[Path]:
@@ -61,42 +58,6 @@ def find_images(roots: str | Path | Sequence[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {path}")
         files.extend(found)
     return files
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3) uint8`` RGB.
-
-    Grey images are replicated to three channels, alpha is dropped (DIV2KRK stores its LR as RGBA with alpha 255),
-    palette images are expanded, 16-bit images are scaled by ``255 / 65535``; 32-bit integer images (mode ``I``)
-    are taken as 16-bit data if any value exceeds 255 and as 8-bit data otherwise.
-
-    Raises:
-        ImageReadError: The file cannot be opened or decoded (the message names it).
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                arr = np.asarray(im, dtype=np.uint16).astype(np.float64) / 65535.0
-                arr = np.repeat(np.round(arr * 255).astype(np.uint8)[..., None], 3, axis=2)
-            elif im.mode == "I":
-                arr = np.asarray(im, dtype=np.int64)
-                top = 65535 if arr.max(initial=0) > 255 else 255
-                arr = np.repeat(np.round(np.clip(arr, 0, top) * (255 / top)).astype(np.uint8)[..., None], 3, axis=2)
-            elif im.mode == "F":
-                raise ImageReadError(f"{path}: floating-point images are not supported")
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise ImageReadError(f"cannot read image {path}: {err}") from err
-    if arr.ndim == 3 and arr.shape[2] > 3:  # 16-bit RGB(A) decoded by numpy as multi-channel
-        arr = arr[..., :3]
-    return np.ascontiguousarray(arr)
-
-
-def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3) uint8`` -> ``(3, H, W) uint8`` tensor."""
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def augment(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:

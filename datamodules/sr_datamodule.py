@@ -23,9 +23,9 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.test_sets import LRFolderDataset, open_benchmark
-from datamodules.degradation import ClassicalDegradation, Degradation
+from datamodules.degradation.pipelines import ClassicalDegradation, Degradation
 from datamodules.images import HRImageDataset, SeededSampler
+from datamodules.test_sets import LRFolderDataset, open_benchmark
 
 _SEED_STRIDE = 1_000_003  # keeps (seed, rank, batch) streams apart
 

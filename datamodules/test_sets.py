@@ -32,17 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import scipy.io
-import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.degradation.kernels import shift_kernel
-from datamodules.images import IMAGE_SUFFIXES, find_images, load_rgb, to_tensor
+from datamodules.images import find_images
+from datamodules.io import IMAGE_SUFFIXES, load_kernel, load_rgb, to_tensor
 
-# Most negative kernel value accepted, as a fraction of the kernel's maximum (interpolation undershoot).
-NEGATIVE_KERNEL_TOLERANCE = 0.01
 # Folder names of the "paired" layout of ``open_benchmark``, in order of preference.
 PAIRED_LR_DIRS = ("LR", "lr")
 PAIRED_HR_DIRS = ("HR", "hr")
@@ -75,83 +69,6 @@ def pairing_key(stem: str) -> str:
         if shorter == key or not shorter:
             return key
         key = shorter
-
-
-def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
-    """Read a blur kernel from a MATLAB ``.mat`` file, validate it and normalise it to sum 1.
-
-    Args:
-        path: The ``.mat`` file (MATLAB 5 format, as DIV2KRK and ``datamodules.generate`` write).
-        key: Variable name (DIV2KRK: ``"Kernel"``; generated sets also hold ``"KernelBlockCentred"``).
-
-    Returns:
-        ``(k, k)`` float32 kernel summing to 1, centred however the file centres it (DIV2KRK: middle pixel).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        KeyError: The file has no variable ``key`` (the message lists the ones it has).
-        ValueError: The kernel is not a finite, square, 2-D array with positive sum and (almost) no negative values.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"kernel file {path} does not exist")
-    try:
-        contents = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read kernel file {path}: {err}") from err
-    if key not in contents:
-        names = sorted(k for k in contents if not k.startswith("__"))
-        raise KeyError(f"kernel file {path} has no variable {key!r} (it has {names})")
-    kernel = np.asarray(contents[key], dtype=np.float64)
-    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
-        raise ValueError(f"kernel {key!r} in {path} must be a square 2-D array, got shape {kernel.shape}")
-    if not np.isfinite(kernel).all():
-        raise ValueError(f"kernel {key!r} in {path} has non-finite values")
-    peak, total = kernel.max(), kernel.sum()
-    if peak <= 0 or total <= 0:
-        raise ValueError(f"kernel {key!r} in {path} has no positive mass (max {peak:g}, sum {total:g})")
-    if kernel.min() < -NEGATIVE_KERNEL_TOLERANCE * peak:
-        raise ValueError(
-            f"kernel {key!r} in {path} has negative values down to {kernel.min():g} "
-            f"(more than {NEGATIVE_KERNEL_TOLERANCE:.0%} of its peak {peak:g})"
-        )
-    return torch.from_numpy(kernel / total).to(torch.float32)
-
-
-def div2krk_kernel_to_block_centre(kernel: Tensor, scale: int) -> Tensor:
-    """Move a DIV2KRK ``.mat`` kernel (pixel-centred) to the block centre its LR image was made with.
-
-    ``shift_kernel(kernel, 0.5 * (scale - 1), 0.5 * (scale - 1))`` (bilinear, zero outside), renormalised to sum 1
-    (the shift pushes a little mass off the bottom/right border). Correlating the HR image with the result and
-    decimating from pixel 0 (``ops.blur`` then ``ops.decimate(x, scale, 0)``) regenerates the released LR: x2 at
-    43-51 dB, x4 at 50-51 dB on the 8-image sample, against 37-39 / 33-35 dB with the kernel as stored.
-
-    Args:
-        kernel: ``(k, k)`` or ``(B, k, k)`` pixel-centred kernels, as ``load_kernel`` returns them.
-        scale: The set's scale factor (2 -> +0.5 px, 4 -> +1.5 px).
-
-    Returns:
-        Kernels of the same shape, block-centred (mean at ``k // 2 + 0.5 * (scale - k % 2)`` for odd ``k``).
-    """
-    offset = 0.5 * (scale - 1)
-    shifted = shift_kernel(kernel, offset, offset)
-    return shifted / shifted.sum(dim=(-2, -1), keepdim=True)
-
-
-def block_centre_to_div2krk_kernel(kernel: Tensor, scale: int) -> Tensor:
-    """The inverse convention change: a block-centred kernel stored the DIV2KRK way (pixel-centred).
-
-    ``shift_kernel(kernel, -0.5 * (scale - 1), -0.5 * (scale - 1))``, renormalised to sum 1. The bilinear shift is
-    not exactly invertible: ``div2krk_kernel_to_block_centre`` of the result equals the input blurred by
-    ``[1/4, 1/2, 1/4]`` in each axis, which is why ``datamodules.generate`` also stores the exact kernel.
-
-    Args:
-        kernel: ``(k, k)`` or ``(B, k, k)`` block-centred kernels (``DIV2KRKKernelSampler.kernels``).
-        scale: The scale factor the kernel is made for.
-    """
-    offset = -0.5 * (scale - 1)
-    shifted = shift_kernel(kernel, offset, offset)
-    return shifted / shifted.sum(dim=(-2, -1), keepdim=True)
 
 
 @dataclass(frozen=True)

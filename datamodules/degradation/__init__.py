@@ -1,19 +1,4 @@
-"""The on-device degradation engine: kernels, operators, parameter samplers and pipelines (no Lightning)."""
-
-from datamodules.degradation import kernels, ops, samplers
-from datamodules.degradation.pipelines.moesr import GridDegradation, MoESRGrid, MoESRKernelDegradation
-from datamodules.degradation.pipelines import ClassicalDegradation, Degradation
-from datamodules.degradation.samplers import DIV2KRKKernelSampler, KernelBankSampler
-
-__all__ = [
-    "ClassicalDegradation",
-    "DIV2KRKKernelSampler",
-    "Degradation",
-    "GridDegradation",
-    "KernelBankSampler",
-    "MoESRGrid",
-    "MoESRKernelDegradation",
-    "kernels",
-    "ops",
-    "samplers",
-]
+"""The on-device degradation engine (no Lightning): ``ops`` (operators), ``kernels`` (kernel families and their
+centre conventions), ``samplers`` (named parameters, never applied) and ``pipelines`` (one ``Degradation`` module per
+degradation model). Import the submodules; this file exports nothing method-specific.
+"""

@@ -21,26 +21,18 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import Tensor
 from torchmetrics import MetricCollection
 
 from datamodules.degradation.ops import resize
-from lightning_modules.metrics import METRIC_PROTOCOLS, make_kernel_metrics, make_sr_metrics
+from datamodules.io import save_png
 from lightning_modules.core.tiling import tiled_forward
+from lightning_modules.metrics import METRIC_PROTOCOLS, make_kernel_metrics, make_sr_metrics
 
 # Evaluation-time options: kept out of checkpoint hyper-parameters, because LightningCLI applies a checkpoint's
 # hyper-parameters over the command line, which would silently ignore ``--model.init_args.output_dir`` at test time.
 RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir")
-
-
-def save_png(img: Tensor, path: Path) -> None:
-    """Write a ``(3, H, W)`` float ``[0, 1]`` image as 8-bit PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (img.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(arr).save(path)
 
 
 class SRSystem(L.LightningModule, ABC):

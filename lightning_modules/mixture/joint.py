@@ -69,12 +69,12 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from datamodules.degradation.pipelines.mixture import mixture_kernels
 from datamodules.degradation.ops import resize
+from datamodules.degradation.pipelines.mixture import mixture_kernels
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.stages import CheckpointError, check_state_dict, read_checkpoint
-from lightning_modules.nets.mixture import ENet, MixtureBranches
 from lightning_modules.core.tiling import tiled_forward
+from lightning_modules.nets.mixture import ENet, MixtureBranches
 
 Variant = Literal["ours", "average", "no_pretrain", "hard", "hard_alternating"]
 Inference = Literal["auto", "soft", "hard", "average"]

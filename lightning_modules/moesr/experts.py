@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from datamodules.degradation.pipelines.moesr import X2_LAMBDAS, GridDegradation, MoESRGrid
 from datamodules.degradation.ops import resize
+from datamodules.degradation.pipelines.moesr import X2_LAMBDAS, GridDegradation, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.optim import adam_one_cycle
 from lightning_modules.metrics import PSNRY
@@ -97,7 +97,7 @@ class MoESRExperts(SRSystem):
             if not isinstance(degradation, GridDegradation):
                 raise ValueError(
                     "MoESRExperts trains on every expert kernel at once: the data needs "
-                    "degradation: {class_path: datamodules.degradation.GridDegradation} (configs/moesr/experts.yaml), "
+                    "degradation: {class_path: datamodules.degradation.pipelines.moesr.GridDegradation} (configs/moesr/experts.yaml), "
                     f"got {type(degradation).__name__}"
                 )
             if degradation.grid != self.grid:

@@ -516,7 +516,7 @@ class FrozenStagesSystem(SRSystem):
         if not isinstance(degradation, MoESRKernelDegradation):
             raise ValueError(
                 f"{type(self).__name__} trains on MoESR kernels: the data needs degradation: "
-                f"{{class_path: datamodules.degradation.MoESRKernelDegradation}}, got {type(degradation).__name__}"
+                f"{{class_path: datamodules.degradation.pipelines.moesr.MoESRKernelDegradation}}, got {type(degradation).__name__}"
             )
         grid = self.grid
         wanted = (min(grid.lambdas), max(grid.lambdas))

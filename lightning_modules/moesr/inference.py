@@ -52,14 +52,13 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from datamodules.test_sets import div2krk_kernel_to_block_centre
-from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.kernels import div2krk_kernel_to_block_centre, gaussian_kernels
 from datamodules.degradation.pipelines.moesr import MoESRGrid, invert_transform, moesr_kernels
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.moesr.grid_eval import DEFAULT_CKPTS, freeze, grid_errors, load_experts, load_ise, load_ken
-from lightning_modules.moesr.finetune import CROP_SIZE, NOISE_STD, can_finetune, finetune
-from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank
 from lightning_modules.core.tiling import tiled_forward
+from lightning_modules.moesr.finetune import CROP_SIZE, NOISE_STD, can_finetune, finetune
+from lightning_modules.moesr.grid_eval import DEFAULT_CKPTS, freeze, grid_errors, load_experts, load_ise, load_ken
+from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank
 
 MOESR_RUNTIME_HPARAMS = (
     *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",

@@ -5,10 +5,10 @@ import torch
 from datamodules.degradation import ops
 from datamodules.images import builtin_photo_paths
 from datamodules.sr_datamodule import SRDataModule
-from lightning_modules.baselines.single_net import SingleNetSR
 from lightning_modules.baselines.bicubic import BicubicSR
-from lightning_modules.nets.vdsr import VDSR, ChainedVDSR
+from lightning_modules.baselines.single_net import SingleNetSR
 from lightning_modules.core.tiling import tiled_forward
+from lightning_modules.nets.vdsr import VDSR, ChainedVDSR
 
 
 def test_vdsr_parameter_count_matches_moesr_expert():

@@ -16,20 +16,18 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from datamodules.degradation import ops
+from datamodules.degradation.kernels import block_centre_to_div2krk_kernel, div2krk_kernel_to_block_centre
+from datamodules.generate import build_parser, main
+from datamodules.io import ImageReadError, load_kernel
 from datamodules.test_sets import (
     DIV2KRKDataset,
     LRFolderDataset,
     PairedFolderDataset,
-    block_centre_to_div2krk_kernel,
-    div2krk_kernel_to_block_centre,
-    load_kernel,
     natural_key,
     open_benchmark,
     pairing_key,
 )
-from datamodules.degradation import ops
-from datamodules.generate import build_parser, main
-from datamodules.images import ImageReadError
 
 N_IMAGES = 11
 # (rows, cols) of the crops; image 2 is 40x56 (landscape), image 4 is 45x50 (mod-4 crop to 44x48).

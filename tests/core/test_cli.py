@@ -6,8 +6,8 @@ import torch
 import yaml
 from PIL import Image
 
-from lightning_modules.core.stages import CheckpointError
 from lightning_modules.core.cli import cli_main
+from lightning_modules.core.stages import CheckpointError
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

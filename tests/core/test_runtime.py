@@ -8,7 +8,8 @@ from tests.conftest import REPO
 CHURN = """
 import resource, sys, torch
 from lightning_modules.core.runtime import keep_freed_memory
-from datamodules.degradation import ClassicalDegradation, DIV2KRKKernelSampler
+from datamodules.degradation.pipelines import ClassicalDegradation
+from datamodules.degradation.samplers import DIV2KRKKernelSampler
 applied = keep_freed_memory() if sys.argv[1] == "tuned" else False
 deg, hr, g = ClassicalDegradation(2, DIV2KRKKernelSampler()), torch.rand(64, 3, 128, 128), torch.Generator()
 with torch.no_grad():

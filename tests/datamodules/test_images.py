@@ -10,15 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from datamodules.images import (
-    BUILTIN_PHOTOS,
-    HRImageDataset,
-    ImageReadError,
-    SeededSampler,
-    builtin_photo_paths,
-    find_images,
-    load_rgb,
-)
+from datamodules.images import BUILTIN_PHOTOS, HRImageDataset, SeededSampler, builtin_photo_paths, find_images
+from datamodules.io import ImageReadError, load_rgb
 
 
 def _noise_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.degradation import ClassicalDegradation
+from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.sr_datamodule import SRDataModule
 
 

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from datamodules.degradation import ClassicalDegradation, DIV2KRKKernelSampler, KernelBankSampler, ops
+from datamodules.degradation import ops
+from datamodules.degradation.pipelines import ClassicalDegradation
+from datamodules.degradation.samplers import DIV2KRKKernelSampler, KernelBankSampler
 
 
 def test_div2krk_sampler_ranges_and_reproducibility():

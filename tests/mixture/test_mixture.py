@@ -12,10 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
-from datamodules.test_sets import open_benchmark
-from datamodules.degradation import mixture as mdeg
 from datamodules.degradation.ops import resize
-from datamodules.images import builtin_photo_paths, load_rgb
+from datamodules.degradation.pipelines import mixture as mdeg
+from datamodules.images import builtin_photo_paths
+from datamodules.io import load_rgb
+from datamodules.test_sets import open_benchmark
+from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
 from lightning_modules.mixture.enet_pretrain import ENetPretrain
 from lightning_modules.mixture.joint import (
@@ -31,7 +33,6 @@ from lightning_modules.mixture.joint import (
     ycbcr_to_rgb,
 )
 from lightning_modules.nets.mixture import ENet, KernelClassifierHead, MixtureBranches
-from lightning_modules.core.cli import cli_main
 from tests.conftest import REPO
 
 TINY_ENET = (4, 8, 8, 8)

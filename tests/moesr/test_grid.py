@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
-from datamodules.degradation import GridDegradation, MoESRGrid, MoESRKernelDegradation, ops
+from datamodules.degradation import ops
 from datamodules.degradation.kernels import decimation_phase, gaussian_kernels
 from datamodules.degradation.pipelines.moesr import (
     THETA_UNIT,
     X2_LAMBDAS,
+    GridDegradation,
+    MoESRGrid,
+    MoESRKernelDegradation,
     apply_transform,
     fold_theta,
     invert_transform,

@@ -5,7 +5,9 @@ import torch
 import yaml
 
 from datamodules.degradation.pipelines.moesr import MoESRGrid, MoESRKernelDegradation, apply_transform, invert_transform
-from datamodules.images import builtin_photo_paths, load_rgb, to_tensor
+from datamodules.images import builtin_photo_paths
+from datamodules.io import load_rgb, to_tensor
+from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
 from lightning_modules.metrics import psnr_y
 from lightning_modules.moesr.grid_eval import (
@@ -25,7 +27,6 @@ from lightning_modules.moesr.grid_eval import (
 from lightning_modules.moesr.ise import MoESRISE, ise_labels
 from lightning_modules.moesr.ken import MoESRKEN
 from lightning_modules.nets.moesr import ISE, ExpertBank, ise_target
-from lightning_modules.core.cli import cli_main
 from tests.conftest import REPO
 
 SMALL = [0.85, 2.27, 4.37]

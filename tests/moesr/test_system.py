@@ -9,10 +9,12 @@ import scipy.io
 import torch
 from PIL import Image
 
-from datamodules.test_sets import DIV2KRKDataset, div2krk_kernel_to_block_centre
-from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.kernels import div2krk_kernel_to_block_centre, gaussian_kernels
 from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform, moesr_kernels
+from datamodules.test_sets import DIV2KRKDataset
+from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
+from lightning_modules.moesr.grid_eval import grid_outputs
 from lightning_modules.moesr.inference import (
     KernelChoice,
     MoESR,
@@ -20,9 +22,7 @@ from lightning_modules.moesr.inference import (
     fold_transform_into_weights,
     kernel_moments,
 )
-from lightning_modules.moesr.grid_eval import grid_outputs
 from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
-from lightning_modules.core.cli import cli_main
 from tests.conftest import REPO
 
 LAMBDAS = (0.85, 2.27, 4.37)  # 27 grid kernels, 9 experts

@@ -303,5 +303,15 @@ def unsharp_mask(x: Tensor, weight: float = 0.5, radius: int = 50, threshold: fl
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Round to 8-bit levels and clamp to ``[0, 1]`` (what saving to PNG does)."""
-    return x.clamp(0, 1).mul(255).round_().div_(255)
+    """Clamp to ``[0, 1]`` and round to 8-bit levels, halves up: ``floor(255 x + 0.5) / 255``.
+
+    The one 8-bit quantiser of the project (LR synthesis, the metrics' "as saved to PNG" step, ``datamodules.io``):
+    MATLAB's ``im2uint8`` rounds halves away from zero, which for non-negative values is halves up
+    (``torch.round`` would round halves to even).
+    """
+    return x.clamp(0, 1).mul(255).add_(0.5).floor_().div_(255)
+
+
+from datamodules.degradation.ops.colour import rgb_to_y as rgb_to_y  # noqa: E402
+from datamodules.degradation.ops.colour import rgb_to_ycbcr as rgb_to_ycbcr  # noqa: E402
+from datamodules.degradation.ops.colour import ycbcr_to_rgb as ycbcr_to_rgb  # noqa: E402

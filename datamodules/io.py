@@ -1,0 +1,129 @@
+"""Reading and writing images and ``.mat`` kernels: the one place that knows file formats.
+
+* Images: :func:`load_rgb` reads any PNG/JPEG/BMP/TIFF as ``(H, W, 3) uint8`` RGB (grey, RGBA, palette and 16-bit
+  converted), :func:`save_png` writes ``(H, W, 3) uint8`` arrays or ``(3, H, W)`` float ``[0, 1]`` tensors (rounded
+  halves up, as ``ops.quantize``).
+* Kernels: :func:`load_kernel` reads a MATLAB ``.mat`` kernel (validated, normalised to sum 1, centred as the file
+  centres it), :func:`save_kernel_mat` writes kernels with a fixed header (deterministic bytes).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Most negative kernel value accepted, as a fraction of the kernel's maximum (interpolation undershoot).
+NEGATIVE_KERNEL_TOLERANCE = 0.01
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by blindsr datamodules.generate (DIV2KRK protocol)"
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read or is unusable (the message names the file)."""
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as ``(H, W, 3) uint8`` RGB.
+
+    Grey images are replicated to three channels, alpha is dropped (DIV2KRK stores its LR as RGBA with alpha 255),
+    palette images are expanded, 16-bit images are scaled by ``255 / 65535``; 32-bit integer images (mode ``I``)
+    are taken as 16-bit data if any value exceeds 255 and as 8-bit data otherwise.
+
+    Raises:
+        ImageReadError: The file cannot be opened or decoded (the message names it).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.asarray(im, dtype=np.uint16).astype(np.float64) / 65535.0
+                arr = np.repeat(np.round(arr * 255).astype(np.uint8)[..., None], 3, axis=2)
+            elif im.mode == "I":
+                arr = np.asarray(im, dtype=np.int64)
+                top = 65535 if arr.max(initial=0) > 255 else 255
+                arr = np.repeat(np.round(np.clip(arr, 0, top) * (255 / top)).astype(np.uint8)[..., None], 3, axis=2)
+            elif im.mode == "F":
+                raise ImageReadError(f"{path}: floating-point images are not supported")
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+    if arr.ndim == 3 and arr.shape[2] > 3:  # 16-bit RGB(A) decoded by numpy as multi-channel
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3) uint8`` -> ``(3, H, W) uint8`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def save_png(image: np.ndarray | Tensor, path: str | Path) -> None:
+    """Write an ``(H, W, 3) uint8`` array, or a ``(3, H, W)`` float tensor in ``[0, 1]``, as an RGB PNG.
+
+    Float tensors are quantised with ``floor(255 x + 0.5)`` (the rounding of ``ops.quantize`` and of the metrics), so
+    a saved image reads back as the quantised tensor the metrics evaluate. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, Tensor):
+        image = torch.floor(image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(path, format="PNG")
+
+
+def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
+    """Read a blur kernel from a MATLAB ``.mat`` file, validate it and normalise it to sum 1.
+
+    Args:
+        path: The ``.mat`` file (MATLAB 5 format, as DIV2KRK and ``datamodules.generate`` write).
+        key: Variable name (DIV2KRK: ``"Kernel"``; generated sets also hold ``"KernelBlockCentred"``).
+
+    Returns:
+        ``(k, k)`` float32 kernel summing to 1, centred however the file centres it (DIV2KRK: middle pixel).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        KeyError: The file has no variable ``key`` (the message lists the ones it has).
+        ValueError: The kernel is not a finite, square, 2-D array with positive sum and (almost) no negative values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel file {path} does not exist")
+    try:
+        contents = scipy.io.loadmat(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot read kernel file {path}: {err}") from err
+    if key not in contents:
+        names = sorted(k for k in contents if not k.startswith("__"))
+        raise KeyError(f"kernel file {path} has no variable {key!r} (it has {names})")
+    kernel = np.asarray(contents[key], dtype=np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"kernel {key!r} in {path} must be a square 2-D array, got shape {kernel.shape}")
+    if not np.isfinite(kernel).all():
+        raise ValueError(f"kernel {key!r} in {path} has non-finite values")
+    peak, total = kernel.max(), kernel.sum()
+    if peak <= 0 or total <= 0:
+        raise ValueError(f"kernel {key!r} in {path} has no positive mass (max {peak:g}, sum {total:g})")
+    if kernel.min() < -NEGATIVE_KERNEL_TOLERANCE * peak:
+        raise ValueError(
+            f"kernel {key!r} in {path} has negative values down to {kernel.min():g} "
+            f"(more than {NEGATIVE_KERNEL_TOLERANCE:.0%} of its peak {peak:g})"
+        )
+    return torch.from_numpy(kernel / total).to(torch.float32)
+
+
+def save_kernel_mat(path: Path, kernels: dict[str, np.ndarray]) -> None:
+    """Write ``{name: (k, k) float64}`` as a MATLAB 5 ``.mat`` with a fixed header text (no time stamp)."""
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {k: np.asarray(v, dtype=np.float64) for k, v in kernels.items()})
+    data = bytearray(buffer.getvalue())
+    data[:116] = MAT_HEADER.ljust(116, b" ")
+    path.write_bytes(bytes(data))
+
+
