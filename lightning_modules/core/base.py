@@ -95,12 +95,7 @@ class SRSystem(L.LightningModule, ABC):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Super-resolve the fixed validation crops and update ``val/psnr_y``, ``val/ssim_y``."""
         sr = self.super_resolve(batch["lr"]).clamp(0, 1)
-        self.val_metrics.update(sr, batch["hr"])
-        self.val_bicubic_metrics.update(
-            resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1), batch["hr"]
-        )
-        self.log_dict(self.val_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
-        self.log_dict(self.val_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=True)
+        self.update_sr_metrics("val", sr, batch["lr"], batch["hr"])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Evaluate one benchmark image (tiled), collect its table row, optionally save the SR image."""
@@ -108,13 +103,8 @@ class SRSystem(L.LightningModule, ABC):
         names = batch.get("name", [f"{batch_idx}_{i}" for i in range(sr.shape[0])])
         rows = [{"name": n} for n in names]
         if "hr" in batch:
-            hr = batch["hr"]
-            self.test_metrics.update(sr, hr)
-            self.log_dict(self.test_metrics, on_epoch=True, batch_size=sr.shape[0])
+            self.update_sr_metrics("test", sr, batch["lr"], batch["hr"])
             self._add_columns(rows, self.test_metrics)
-            bicubic = resize(batch["lr"], scale=self.scale, convention="matlab").clamp(0, 1)
-            self.test_bicubic_metrics.update(bicubic, hr)
-            self.log_dict(self.test_bicubic_metrics, on_epoch=True, batch_size=sr.shape[0])
             self._add_columns(rows, self.test_bicubic_metrics, column_prefix="bicubic_")
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
             est = self.estimate_kernel(batch["lr"])
@@ -169,6 +159,23 @@ class SRSystem(L.LightningModule, ABC):
         return paths
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def update_sr_metrics(self, split: str, sr: Tensor, lr: Tensor, hr: Tensor) -> None:
+        """Update and log ``{split}/psnr_y``, ``{split}/ssim_y`` of ``sr`` and the MATLAB-bicubic reference of ``lr``.
+
+        The one place where SR metrics and their bicubic reference (``{split}/bicubic_psnr_y``, ...) are computed,
+        for every system and stage. ``split`` is ``"val"`` or ``"test"``; ``sr`` ``(B, 3, sH, sW)`` is clamped to
+        ``[0, 1]`` by the caller; the progress bar shows the validation metrics.
+        """
+        metrics, bicubic_metrics = (
+            (self.val_metrics, self.val_bicubic_metrics)
+            if split == "val"
+            else (self.test_metrics, self.test_bicubic_metrics)
+        )
+        metrics.update(sr, hr)
+        bicubic_metrics.update(resize(lr, scale=self.scale, convention="matlab").clamp(0, 1), hr)
+        self.log_dict(metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=split == "val")
+        self.log_dict(bicubic_metrics, on_epoch=True, batch_size=sr.shape[0], prog_bar=split == "val")
+
     @staticmethod
     def _add_columns(rows: list[dict], metrics: MetricCollection, column_prefix: str = "") -> None:
         """Copy each metric's per-image values of the latest update into the table rows."""
