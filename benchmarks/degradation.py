@@ -14,35 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import time_interleaved
 from datamodules.degradation import ops
 from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.degradation.samplers import DIV2KRKKernelSampler
 from lightning_modules.core.runtime import keep_freed_memory
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds (load changes hit all alike)."""
-    for fn in fns.values():  # warm-up
-        fn()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def run(device: torch.device, batch: int, size: int, scale: int, repeats: int) -> dict:

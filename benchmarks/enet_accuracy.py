@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from datamodules.degradation.pipelines.mixture import MixtureDegradation, mixture_kernels
+from benchmarks.common import grid_crops
+from datamodules.degradation.kernels.mixture import mixture_kernels
+from datamodules.degradation.pipelines.mixture import MixtureDegradation
 from datamodules.images import find_images
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.core.stages import read_checkpoint
@@ -25,16 +27,6 @@ from lightning_modules.mixture.enet_pretrain import ENetPretrain
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCED_BY = "python main.py fit -c configs/mixture/enet_pretrain.yaml"
-
-
-def grid_crops(img: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:
-    """Up to ``count`` non-overlapping ``size`` x ``size`` crops of ``(3, H, W)`` on a regular grid."""
-    _, h, w = img.shape
-    ys = range(0, h - size + 1, size)
-    xs = range(0, w - size + 1, size)
-    crops = [img[:, y : y + size, x : x + size] for y in ys for x in xs]
-    step = max(1, len(crops) // count)
-    return crops[::step][:count]
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ Peak memory: ``torch.cuda.max_memory_allocated`` per phase on a GPU; on the CPU 
 sampled every 5 ms during each phase (``/proc/self/statm``), and the lifetime peak ``ru_maxrss``.
 
 Batched vs loop: the 85 grid kernels' expert outputs on a central ``--compare-crop`` LR crop, (a) with
-``moesr_common.grid_outputs`` (one ``ExpertBank`` call per input transform: 4 grouped-convolution passes) and (b) with
+``grid_eval.grid_outputs`` (one ``ExpertBank`` call per input transform: 4 grouped-convolution passes) and (b) with
 a Python loop over the 85 grid kernels running standalone ``ChainedVDSR`` copies of their experts (the official
 code's procedure). Timed in interleaved rounds, medians reported; ``batched_vs_loop`` = loop time / batched time
 (> 1: batched is faster). Both give the same images (max difference printed).
@@ -44,9 +44,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.degradation import time_interleaved
+from benchmarks.common import time_interleaved
 from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform
-from datamodules.test_sets import DIV2KRKDataset, LRFolderDataset
+from datamodules.images import LRFolderDataset
+from datamodules.test_sets import DIV2KRKDataset
 from lightning_modules.core.runtime import keep_freed_memory
 from lightning_modules.moesr.finetune import FinetuneObjective
 from lightning_modules.moesr.grid_eval import grid_outputs

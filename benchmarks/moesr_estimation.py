@@ -29,21 +29,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.enet_accuracy import grid_crops
+from benchmarks.common import grid_crops
 from datamodules.degradation import ops
-from datamodules.degradation.pipelines.moesr import MoESRKernelDegradation, moesr_kernels
+from datamodules.degradation.pipelines.moesr import MoESRKernelDegradation
 from datamodules.images import find_images
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr.grid_eval import (
-    DEFAULT_CKPTS,
-    batch_index,
-    grid_outputs,
-    ise_errors,
-    load_stages,
-    rank_correlation,
-    upsample,
-)
+from lightning_modules.moesr.grid_eval import batch_index, grid_outputs, ise_errors, rank_correlation, upsample
+from lightning_modules.moesr.kernels import ken_kernels
+from lightning_modules.moesr.stages import DEFAULT_CKPTS, load_stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +66,7 @@ def evaluate(stages, hr: torch.Tensor, seed: int, kernels_per_crop: int, max_bat
         errors = ise_errors(ise, out, up)
         true = (out - part_hr[:, None]).square().mean(dim=(2, 3, 4))
         params = ken(errors)
-        ken_k = moesr_kernels(params[:, 0], params[:, 1], params[:, 2], grid.kernel_size, scale)
+        ken_k = ken_kernels(params, grid.kernel_size, scale)
         nearest = grid.kernel_nearest(part_k)
         best_ise, best_true = errors.argmin(dim=1), true.argmin(dim=1)
         chosen = grid.nearest(params)

@@ -4,9 +4,9 @@
         [--channels 16] [--patch 20] [--batch 6] [--lr 1e-3] [--threads 1]
 
 Five very distinct kernels of the official x2 grid (isotropic 0.85 and 4.37; 4.37/0.85 at 11, 79 and 146 degrees)
-train the five experts of one ``ExpertBank`` at once (``moesr_common.train_experts_on_kernels``: every batch of HR
+train the five experts of one ``ExpertBank`` at once (``specialisation.train_experts_on_kernels``: every batch of HR
 crops degraded with every kernel, each expert its own L1 loss, Adam + one-cycle). Every fourth image of the data is
-held out; their central crops, degraded with each kernel, give the matrix (``moesr_common.specialisation_matrix``):
+held out; their central crops, degraded with each kernel, give the matrix (``specialisation.specialisation_matrix``):
 row = expert, column = kernel of the test images, value = mean PSNR-Y (shave 2). The diagonal wins a column when
 the expert trained on that kernel is the best on its images. Experts start as bicubic (``zero_last``), which a CPU
 budget needs. Prints the matrix (and bicubic on each column), then one JSON line
@@ -27,7 +27,12 @@ from datamodules.degradation.pipelines.moesr import THETA_UNIT, MoESRGrid
 from datamodules.images import find_images
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr.grid_eval import degrade, diagonal_wins, specialisation_matrix, train_experts_on_kernels
+from lightning_modules.moesr.specialisation import (
+    degrade,
+    diagonal_wins,
+    specialisation_matrix,
+    train_experts_on_kernels,
+)
 from lightning_modules.nets.moesr import ExpertBank
 
 # (lambda1, lambda2, theta in units of pi/16): isotropic 0.85, isotropic 4.37, 4.37/0.85 at 11, 79 and 146 degrees

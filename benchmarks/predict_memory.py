@@ -2,7 +2,8 @@
 
     python -m benchmarks.predict_memory [--ckpt checkpoints/baseline/x2/last.ckpt] [--photo PATH] [--scale 4]
 
-Each measured run is the real command line (``python main.py predict -c configs/baselines/single_net.yaml ...``) in its own
+Each measured run is the real command line
+(``python main.py predict -c configs/baselines/single_net.yaml ...``) in its own
 process, so its peak resident memory (``ru_maxrss`` of the child) is its own. Cases:
 
 * ``photo``: a 2040x1356 input photo (default: a DIV2K HR image of the DIV2KRK sample, or the largest built-in

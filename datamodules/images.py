@@ -7,6 +7,7 @@ epoch do not depend on the number of workers, and a resumed run sees the same cr
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -183,3 +184,43 @@ class SeededSampler(DistributedSampler):
         skip = self.skip if self.epoch == self.skip_epoch else 0
         self.skip = 0
         return iter(keys[skip:])
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that orders digit runs numerically: ``"im_2" < "im_10"``; letters compare case-insensitively."""
+    parts = re.split(r"(\d+)", text)
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)]
+
+
+class LRFolderDataset(Dataset):
+    """Every image under a folder (recursive) or one image file, without ground truth (for ``predict``).
+
+    Items are ``{"lr": (3, h, w) uint8, "name": str, "path": str}``. ``name`` is the file's path relative to the
+    folder without its suffix (the stem for files directly in it; POSIX separators for nested files, so outputs
+    named after it do not collide); items are sorted naturally by name.
+
+    Args:
+        root: A folder, an image file, or ``"builtin"`` (scikit-image's sample photos).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist or holds no image (named).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser() if str(root) != "builtin" else None
+        paths = find_images(root)
+        base = self.root if self.root is not None and self.root.is_dir() else None
+        named = [(p.relative_to(base).with_suffix("").as_posix() if base else p.stem, p) for p in paths]
+        self.entries = sorted(named, key=lambda t: natural_key(t[0]))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def names(self) -> list[str]:
+        """Item names in dataset order."""
+        return [name for name, _ in self.entries]
+
+    def __getitem__(self, index: int) -> dict:
+        name, path = self.entries[index]
+        return {"lr": to_tensor(load_rgb(path)), "name": name, "path": str(path)}

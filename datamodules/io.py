@@ -2,7 +2,7 @@
 
 * Images: :func:`load_rgb` reads any PNG/JPEG/BMP/TIFF as ``(H, W, 3) uint8`` RGB (grey, RGBA, palette and 16-bit
   converted), :func:`save_png` writes ``(H, W, 3) uint8`` arrays or ``(3, H, W)`` float ``[0, 1]`` tensors (rounded
-  halves up, as ``ops.quantize``).
+  as ``ops.quantize``).
 * Kernels: :func:`load_kernel` reads a MATLAB ``.mat`` kernel (validated, normalised to sum 1, centred as the file
   centres it), :func:`save_kernel_mat` writes kernels with a fixed header (deterministic bytes).
 """
@@ -18,9 +18,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from datamodules.degradation.ops import quantize
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Most negative kernel value accepted, as a fraction of the kernel's maximum (interpolation undershoot).
 NEGATIVE_KERNEL_TOLERANCE = 0.01
+# .mat variables holding the exact kernel that made an LR image as the degradation engine applies it (correlate, then
+# keep every s-th pixel from pixel 0): DIV2KRK-protocol sets (block-centred), mixture-protocol sets (moved s // 2 px).
+BLOCK_CENTRED_KERNEL_KEY = "KernelBlockCentred"
+APPLIED_KERNEL_KEY = "KernelAsApplied"
+EXACT_KERNEL_KEYS = (BLOCK_CENTRED_KERNEL_KEY, APPLIED_KERNEL_KEY)
 MAT_HEADER = b"MATLAB 5.0 MAT-file, written by blindsr datamodules.generate (DIV2KRK protocol)"
 
 
@@ -67,13 +74,13 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 def save_png(image: np.ndarray | Tensor, path: str | Path) -> None:
     """Write an ``(H, W, 3) uint8`` array, or a ``(3, H, W)`` float tensor in ``[0, 1]``, as an RGB PNG.
 
-    Float tensors are quantised with ``floor(255 x + 0.5)`` (the rounding of ``ops.quantize`` and of the metrics), so
+    Float tensors are quantised with ``ops.quantize`` (the quantiser of the LR synthesis and of the metrics), so
     a saved image reads back as the quantised tensor the metrics evaluate. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, Tensor):
-        image = torch.floor(image.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        image = (quantize(image.detach()) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(path, format="PNG")
 
 

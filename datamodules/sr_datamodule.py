@@ -24,8 +24,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.degradation.pipelines import ClassicalDegradation, Degradation
-from datamodules.images import HRImageDataset, SeededSampler
-from datamodules.test_sets import LRFolderDataset, open_benchmark
+from datamodules.images import HRImageDataset, LRFolderDataset, SeededSampler
+from datamodules.test_sets import open_benchmark
 
 _SEED_STRIDE = 1_000_003  # keeps (seed, rank, batch) streams apart
 
@@ -42,6 +42,9 @@ class SRDataModule(L.LightningDataModule):
         degradation: Degradation model applied on the device (default: the DIV2KRK protocol at ``scale``).
         train_dirs: HR training folders (recursive) or files; ``"builtin"`` = scikit-image's colour photos.
         val_dirs: HR validation folders; their central crops are degraded once with fixed parameters.
+        val_degradations: Fixed degradations per validation crop: the validation set holds every central crop this
+            many times, each with its own parameters (all drawn once from ``val_seed``), for less coarse metrics
+            on small validation sets (e.g. MoESR's kernel-ranking metrics).
         patch_size: LR training patch side (HR crops are ``patch_size * scale``).
         val_patch_size: LR side of the central validation crops.
         batch_size: Training batch size per process.
@@ -52,6 +55,9 @@ class SRDataModule(L.LightningDataModule):
         val_seed: Seed of the fixed validation degradations.
         test_set: Benchmark folder for ``test`` (DIV2KRK layout or ``LR``/``HR`` sub-folders).
         test_layout: ``"auto"``, ``"div2krk"`` or ``"paired"``.
+        test_kernel_centre: Centre of the test set's ``Kernel`` kernels in their files (``"pixel"``: the DIV2KRK
+            release). Test batches always carry block-centred kernels, the convention of the training batches
+            (``datamodules.test_sets``).
         predict_dir: Folder (or file) of LR images for ``predict``.
         skip_invalid: Skip unreadable or too-small training/validation images with a warning instead of failing.
         preload: Decode all training images once and keep them in memory.
@@ -67,18 +73,22 @@ class SRDataModule(L.LightningDataModule):
         val_patch_size: int = 96,
         batch_size: int = 16,
         val_batch_size: int = 8,
+        val_degradations: int = 1,
         num_workers: int = 2,
         repeats: int = 1,
         seed: int = 0,
         val_seed: int = 1234,
         test_set: str | None = None,
         test_layout: Literal["auto", "div2krk", "paired"] = "auto",
+        test_kernel_centre: Literal["pixel", "block"] = "pixel",
         predict_dir: str | None = None,
         skip_invalid: bool = False,
         preload: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["degradation"])
+        if val_degradations < 1:
+            raise ValueError(f"val_degradations must be >= 1, got {val_degradations}")
         self.scale = scale
         self.degradation = degradation if degradation is not None else ClassicalDegradation(scale)
         if self.degradation.scale != scale:
@@ -106,20 +116,25 @@ class SRDataModule(L.LightningDataModule):
             )  # fmt: skip
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = HRImageDataset(
-                self.val_dirs, hp.val_patch_size * self.scale, train=False, skip_invalid=hp.skip_invalid
-            )
+                self.val_dirs, hp.val_patch_size * self.scale, train=False, repeats=hp.val_degradations,
+                skip_invalid=hp.skip_invalid,
+            )  # fmt: skip
             size = hp.val_patch_size * self.scale
-            generator = torch.Generator().manual_seed(hp.val_seed)
-            with torch.no_grad():
-                self.val_params = self.degradation.sample(
-                    torch.Size((len(self.val_set), 3, size, size)), generator, torch.device("cpu")
-                )
+            crops = len(self.val_set) // hp.val_degradations
+            with torch.no_grad():  # repeat r of every crop draws from val_seed + r (repeat 0: as without repeats)
+                draws = [
+                    self.degradation.sample(
+                        torch.Size((crops, 3, size, size)), torch.Generator().manual_seed(hp.val_seed + r), "cpu"
+                    )
+                    for r in range(hp.val_degradations)
+                ]
+            self.val_params = {key: torch.cat([d[key] for d in draws]) for key in draws[0]}
         if stage == "test" and self.test_set is None:
             if hp.test_set is None:
                 raise ValueError(
                     "`test` needs a benchmark: pass --data.init_args.test_set PATH (e.g. a DIV2KRK folder)"
                 )
-            self.test_set = open_benchmark(hp.test_set, self.scale, hp.test_layout)
+            self.test_set = open_benchmark(hp.test_set, self.scale, hp.test_layout, hp.test_kernel_centre)
         if stage == "predict" and self.predict_set is None:
             if hp.predict_dir is None:
                 raise ValueError("`predict` needs images: pass --data.init_args.predict_dir PATH")

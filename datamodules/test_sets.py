@@ -1,27 +1,30 @@
-"""Fixed test sets read from disk: DIV2KRK (and sets written in its layout), paired LR/HR folders, bare LR folders.
+"""Fixed test sets read from disk: DIV2KRK (and sets written in its layout), paired LR/HR folders.
 
-Every benchmark item is a dict::
+Every benchmark item is a dict (bare LR folders for ``predict``: ``datamodules.images.LRFolderDataset``)::
 
     {"lr": (3, h, w) uint8, "hr": (3, s*h, s*w) uint8, "kernel": (k, k) float32, "name": str}
 
-``"hr"`` and ``"kernel"`` are present only where the set has them. ``"name"`` is the stem of the LR file. The HR
-image is cropped from its top-left corner to exactly ``scale`` times the LR size (DIV2KRK and the mod-cropped sets
-of ``datamodules.generate`` need no crop; sets whose HR is a few pixels larger do); an HR image smaller than that is
-an error naming both files. Items are sorted numerically (``im_2`` before ``im_10``).
+``"hr"`` and ``"kernel"`` are present only where the set has them; ``"name"`` is the LR file's stem. The HR image
+is cropped top-left to exactly ``scale`` times the LR size (smaller is an error naming both files). Items are sorted
+numerically (``im_2`` before ``im_10``). Kernels: ``.mat`` files read by ``datamodules.io.load_kernel``.
 
-Kernels are read from MATLAB ``.mat`` files (key ``Kernel``), validated (2-D, square, finite, non-negative up to
-``NEGATIVE_KERNEL_TOLERANCE`` of the peak: the released DIV2KRK kernels carry interpolation undershoot of up to
-0.4 % of their peak, which is kept as stored) and normalised to sum 1.
+Kernel convention of the items (see DESIGN.md, "Conventions that are easy to get wrong"):
+    ``item["kernel"]`` is always **the kernel that made the LR image, in the degradation engine's convention**:
+    block-centred (centre of mass at ``k // 2 + 0.5 * (scale - k % 2)``), correlated with the HR image and
+    decimated from pixel 0 -- the convention of the training batches (``DIV2KRKKernelSampler``), so a system
+    compares its estimates with training and test kernels alike. Files may store kernels otherwise; the datasets
+    convert once, on reading:
 
-DIV2KRK kernel centre (see DESIGN.md, "Conventions that are easy to get wrong"):
-    The released ``.mat`` kernels are centred on the middle pixel (centre of mass at ``k // 2``), but the LR images
-    were made with the kernel shifted to the block centre, ``+0.5 * (scale - 1)`` px in both axes, correlated with
-    the HR image and decimated from pixel 0. The datasets return the kernels AS STORED (pixel-centred), because
-    that is what published kernel errors were measured against. ``div2krk_kernel_to_block_centre`` gives the
-    kernel that actually made the LR (measured on the 8-image sample: x2 LR regenerated at 43-51 dB with it,
-    37-39 dB without; x4 50-51 dB vs 33-35 dB). Compare estimated kernels with the ground truth only after
-    aligning centres (``lightning_modules.metrics``), and evaluate SR on the shipped LR files, never regenerated ones.
-    ``datamodules.generate`` writes its sets in the same convention, so they read exactly like DIV2KRK.
+    * the released DIV2KRK ``.mat`` kernels (key ``Kernel``) are centred on the middle pixel, but the LR images were
+      made with the kernel shifted to the block centre, ``+0.5 * (scale - 1)`` px: they are moved there with
+      ``kernels.div2krk_kernel_to_block_centre`` (measured on the 8-image sample: x2 LR regenerated at 43-51 dB
+      with it, 37-39 dB without; x4 50-51 dB vs 33-35 dB);
+    * sets written by ``datamodules.generate`` also store the exact kernel as the engine applies it (DIV2KRK
+      protocol: ``KernelBlockCentred``; mixture protocol, decimated from pixel ``s // 2``: ``KernelAsApplied``),
+      which is read as it is when present (``io.EXACT_KERNEL_KEYS``);
+    * other files state their centre with ``kernel_centre`` (``"pixel"``, as the DIV2KRK release, by default).
+
+    Evaluate SR on the shipped LR files, never regenerated ones.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.images import find_images
-from datamodules.io import IMAGE_SUFFIXES, load_kernel, load_rgb, to_tensor
+from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
+from datamodules.images import natural_key
+from datamodules.io import EXACT_KERNEL_KEYS, IMAGE_SUFFIXES, load_kernel, load_rgb, to_tensor
 
+KernelCentre = Literal["pixel", "block"]
 # Folder names of the "paired" layout of ``open_benchmark``, in order of preference.
 PAIRED_LR_DIRS = ("LR", "lr")
 PAIRED_HR_DIRS = ("HR", "hr")
@@ -45,13 +51,6 @@ PAIRED_KERNEL_DIRS = ("kernels", "Kernels", "kernel")
 _STRIP_TOKENS = re.compile(r"[_\-.]?(?:lr|hr|gt|srf_?\d+|x\d+)$", re.IGNORECASE)
 _DIV2KRK_LR = re.compile(r"^im_(\d+)$")
 _DIV2KRK_HR = re.compile(r"^(?:im_(\d+)|img_(\d+)_gt)$")
-_DIV2KRK_KERNEL = re.compile(r"^kernel_(\d+)$")
-
-
-def natural_key(text: str) -> list[int | str]:
-    """Sort key that orders digit runs numerically: ``"im_2" < "im_10"``; letters compare case-insensitively."""
-    parts = re.split(r"(\d+)", text)
-    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)]
 
 
 def pairing_key(stem: str) -> str:
@@ -102,6 +101,7 @@ class _BenchmarkDataset(Dataset):
 
     scale: int
     kernel_key: str
+    kernel_centre: KernelCentre
     entries: list[BenchmarkEntry]
 
     def __len__(self) -> int:
@@ -136,8 +136,23 @@ class _BenchmarkDataset(Dataset):
                 )
             item["hr"] = to_tensor(hr[:h, :w])
         if entry.kernel_path is not None:
-            item["kernel"] = load_kernel(entry.kernel_path, self.kernel_key)
+            item["kernel"] = self.read_kernel(entry.kernel_path)
         return item
+
+    def _kernel_source(self, key: str, centre: KernelCentre) -> None:
+        if centre not in ("pixel", "block"):
+            raise ValueError(f"kernel_centre must be 'pixel' or 'block', got {centre!r}")
+        self.kernel_key, self.kernel_centre = key, centre
+
+    def read_kernel(self, path: Path) -> Tensor:
+        """The kernel that made the LR image, engine convention: the exact one if the file has it, else converted."""
+        for key in EXACT_KERNEL_KEYS:
+            try:
+                return load_kernel(path, key)
+            except KeyError:
+                continue
+        kernel = load_kernel(path, self.kernel_key)
+        return kernel if self.kernel_centre == "block" else div2krk_kernel_to_block_centre(kernel, self.scale)
 
 
 class DIV2KRKDataset(_BenchmarkDataset):
@@ -149,9 +164,8 @@ class DIV2KRKDataset(_BenchmarkDataset):
         gt/im_N.png                 HR, or gt/img_N_gt.png (the original release's naming); optional per image
         gt_k_x{s}/kernel_N.mat      ground-truth kernel, key "Kernel" (optional folder)
 
-    Items are sorted by ``N``. Kernels are returned as stored (DIV2KRK: pixel-centred, see the module docstring and
-    ``div2krk_kernel_to_block_centre``), normalised to sum 1; sizes are whatever the files hold (the release: 11x11
-    for x2, 31x31 for x4).
+    Items are sorted by ``N``. Kernels are returned block-centred (the kernel that made the LR, see the module
+    docstring), normalised to sum 1; sizes are whatever the files hold (the release: 11x11 for x2, 31x31 for x4).
 
     Args:
         root: The set's folder.
@@ -159,8 +173,8 @@ class DIV2KRKDataset(_BenchmarkDataset):
         require_hr: Raise if any LR image has no HR image (otherwise such items simply lack ``"hr"``, so kernel
             accuracy can still be measured).
         require_kernels: Raise if any LR image has no kernel file.
-        kernel_key: The ``.mat`` variable to read (``"KernelBlockCentred"`` reads the exact block-centred kernels
-            that ``datamodules.generate`` also stores).
+        kernel_key: The ``.mat`` variable to read when a file lacks an exact kernel.
+        kernel_centre: Centre of the ``kernel_key`` kernels in the files (``"pixel"``: the DIV2KRK release).
 
     Raises:
         FileNotFoundError: ``lr_x{s}`` is missing or empty, or a required HR / kernel file is missing (named).
@@ -174,10 +188,11 @@ class DIV2KRKDataset(_BenchmarkDataset):
         require_hr: bool = False,
         require_kernels: bool = False,
         kernel_key: str = "Kernel",
+        kernel_centre: KernelCentre = "pixel",
     ) -> None:
         self.root = Path(root).expanduser()
         self.scale = _check_scale(scale)
-        self.kernel_key = kernel_key
+        self._kernel_source(kernel_key, kernel_centre)
         lr_dir = self.root / f"lr_x{self.scale}"
         if not lr_dir.is_dir():
             raise FileNotFoundError(f"DIV2KRK layout: {lr_dir} does not exist (expected lr_x{self.scale}/im_N.png)")
@@ -235,15 +250,16 @@ class PairedFolderDataset(_BenchmarkDataset):
     Files are paired by ``pairing_key`` of their stems, so ``baby_LR.png`` / ``baby_HR.png``,
     ``baby_x2.png`` / ``baby.png`` and ``img_001_SRF_2_LR.png`` / ``img_001_SRF_2_HR.png`` all match. Kernels are
     looked up in ``kernel_dir`` as ``<LR stem>.mat``, ``<key>.mat``, ``kernel_<N>.mat`` (``N`` = the trailing
-    number of the key, with and without leading zeros), first found wins; they are returned as stored (no centre
-    change), normalised to sum 1. Folders are read non-recursively; items are sorted naturally by LR name.
+    number of the key, with and without leading zeros), first found wins; they are returned block-centred (the
+    module docstring), normalised to sum 1. Folders are read non-recursively; items are sorted naturally by LR name.
 
     Args:
         lr_dir: Folder of LR images.
         hr_dir: Folder of HR images; when given, every LR image must have one.
         scale: Scale factor (HR is cropped top-left to ``scale`` x the LR size).
         kernel_dir: Folder of ``.mat`` kernels; items without a kernel file lack ``"kernel"``.
-        kernel_key: The ``.mat`` variable to read.
+        kernel_key: The ``.mat`` variable to read when a file lacks an exact kernel.
+        kernel_centre: Centre of the ``kernel_key`` kernels in the files (``"pixel"``: as DIV2KRK releases them).
         require_kernels: Raise if an LR image has no kernel in ``kernel_dir``.
 
     Raises:
@@ -260,10 +276,11 @@ class PairedFolderDataset(_BenchmarkDataset):
         scale: int,
         kernel_dir: str | Path | None = None,
         kernel_key: str = "Kernel",
+        kernel_centre: KernelCentre = "pixel",
         require_kernels: bool = False,
     ) -> None:
         self.scale = _check_scale(scale)
-        self.kernel_key = kernel_key
+        self._kernel_source(kernel_key, kernel_centre)
         self.lr_dir = Path(lr_dir).expanduser()
         self.hr_dir = None if hr_dir is None else Path(hr_dir).expanduser()
         self.kernel_dir = None if kernel_dir is None else Path(kernel_dir).expanduser()
@@ -318,42 +335,11 @@ def _keyed(files: Sequence[Path], folder: Path) -> dict[str, Path]:
     return out
 
 
-class LRFolderDataset(Dataset):
-    """Every image under a folder (recursive) or one image file, without ground truth (for ``predict``).
-
-    Items are ``{"lr": (3, h, w) uint8, "name": str, "path": str}``. ``name`` is the file's path relative to the
-    folder without its suffix (the stem for files directly in it; POSIX separators for nested files, so outputs
-    named after it do not collide); items are sorted naturally by name.
-
-    Args:
-        root: A folder, an image file, or ``"builtin"`` (scikit-image's sample photos).
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist or holds no image (named).
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser() if str(root) != "builtin" else None
-        paths = find_images(root)
-        base = self.root if self.root is not None and self.root.is_dir() else None
-        named = [(p.relative_to(base).with_suffix("").as_posix() if base else p.stem, p) for p in paths]
-        self.entries = sorted(named, key=lambda t: natural_key(t[0]))
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def names(self) -> list[str]:
-        """Item names in dataset order."""
-        return [name for name, _ in self.entries]
-
-    def __getitem__(self, index: int) -> dict:
-        name, path = self.entries[index]
-        return {"lr": to_tensor(load_rgb(path)), "name": name, "path": str(path)}
-
-
 def open_benchmark(
-    path: str | Path, scale: int, layout: Literal["auto", "div2krk", "paired"] = "auto"
+    path: str | Path,
+    scale: int,
+    layout: Literal["auto", "div2krk", "paired"] = "auto",
+    kernel_centre: KernelCentre = "pixel",
 ) -> DIV2KRKDataset | PairedFolderDataset:
     """Open a test set by folder, detecting its layout.
 
@@ -367,6 +353,8 @@ def open_benchmark(
         path: The set's root folder.
         scale: Scale factor.
         layout: One of the above.
+        kernel_centre: Centre of the files' ``Kernel`` kernels (``"pixel"``: the DIV2KRK release); items always
+            hold block-centred kernels (module docstring).
 
     Raises:
         FileNotFoundError: The folder, or a folder its layout needs, does not exist; the message says what was

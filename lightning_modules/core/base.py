@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import MetricCollection
 
+from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
 from datamodules.degradation.ops import resize
 from datamodules.io import save_png
 from lightning_modules.core.tiling import tiled_forward
@@ -38,6 +40,11 @@ RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images"
 class SRSystem(L.LightningModule, ABC):
     """Base class of the SR systems: evaluation, tables and prediction; subclasses add training.
 
+    Kernel-estimating systems define ``estimate_kernel(lr) -> (B, k, k)`` and state the centre of their estimates in
+    the class attribute ``kernel_centre``: ``"block"`` (the degradation engine's convention, DIV2KRK / MoESR) or
+    ``"pixel"`` (KOALAnet, DASR style), in which case ``test`` moves them to the block centre
+    (``kernels.div2krk_kernel_to_block_centre``) before comparing them with the batch's block-centred kernels.
+
     Args:
         scale: Super-resolution factor (linked from the DataModule's ``scale``).
         metric_protocol: Evaluation protocol of ``lightning_modules.metrics`` (``"standard"``: Y of MATLAB
@@ -47,6 +54,8 @@ class SRSystem(L.LightningModule, ABC):
         save_images: Save the SR images of ``test`` as PNG next to the results table.
         output_dir: Folder for test tables, test images and predictions (default: the run's log dir).
     """
+
+    kernel_centre: Literal["pixel", "block"] = "block"
 
     def __init__(
         self,
@@ -107,11 +116,7 @@ class SRSystem(L.LightningModule, ABC):
             self._add_columns(rows, self.test_metrics)
             self._add_columns(rows, self.test_bicubic_metrics, column_prefix="bicubic_")
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
-            est = self.estimate_kernel(batch["lr"])
-            gt = batch["kernel"].to(est)
-            self.test_kernel_metrics.update(est, gt)
-            self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=sr.shape[0])
-            self._add_columns(rows, self.test_kernel_metrics)
+            self.update_kernel_metrics(self.estimate_kernel(batch["lr"]), batch["kernel"], rows)
         self._rows.extend(rows)
         if self.save_images:
             for name, img in zip(names, sr, strict=True):
@@ -182,6 +187,18 @@ class SRSystem(L.LightningModule, ABC):
         for name, metric in metrics.items(keep_base=True):
             for row, value in zip(rows, metric.last_values.tolist(), strict=True):
                 row[column_prefix + name] = value
+
+    def update_kernel_metrics(self, est: Tensor, gt: Tensor, rows: list[dict]) -> None:
+        """Update and log ``test/kernel_sae``, ``test/kernel_l2`` of estimates ``(B, k, k)``; add them to ``rows``.
+
+        ``gt`` ``(B, k', k')`` is the batch's kernel, block-centred (``datamodules.test_sets``); estimates of a
+        ``kernel_centre = "pixel"`` system are moved to the block centre first, so both are in one convention.
+        """
+        if self.kernel_centre == "pixel":
+            est = div2krk_kernel_to_block_centre(est, self.scale)
+        self.test_kernel_metrics.update(est, gt.to(est))
+        self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=est.shape[0])
+        self._add_columns(rows, self.test_kernel_metrics)
 
     def _tiled(self, lr: Tensor) -> Tensor:
         return tiled_forward(self.super_resolve, lr, self.scale, self.tile_size, self.tile_overlap)

@@ -65,6 +65,7 @@ class BlindSRCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Fill ``{scale}`` in checkpoint folders; group W&B runs by method and stage unless the config names them."""
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        self.copy_model_lambdas(cfg)
         scale = cfg.data.init_args.scale
         for callback in cfg.trainer.callbacks or []:
             dirpath = callback.init_args.get("dirpath") if hasattr(callback, "init_args") else None
@@ -79,6 +80,18 @@ class BlindSRCLI(LightningCLI):
                     args["group"] = method_of(model_path)
                 if args.get("job_type") is None:
                     args["job_type"] = f"{model_path.split('.')[-1]}-{self.subcommand}"
+
+    @staticmethod
+    def copy_model_lambdas(cfg) -> None:
+        """State MoESR's grid variances once: copy ``model.init_args.lambdas`` to ``data.init_args.degradation``.
+
+        Only when both take ``lambdas`` (``MoESRExperts`` with ``GridDegradation``); the degradation's own value, if
+        any, is replaced. Other models and degradations are left alone.
+        """
+        lambdas = (cfg.model.get("init_args") or {}).get("lambdas")
+        degradation_args = getattr(cfg.data.init_args.get("degradation"), "init_args", None)
+        if lambdas is not None and degradation_args is not None and "lambdas" in degradation_args:
+            degradation_args["lambdas"] = list(lambdas)
 
     def after_instantiate_classes(self) -> None:
         """Check ``--ckpt_path`` (a file) against the model before Lightning loads it, with an actionable message."""

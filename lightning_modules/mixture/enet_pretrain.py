@@ -4,13 +4,13 @@ E-Net (Table 1, ``M``-way FC included) plus a classification head of two FC laye
 to end with cross-entropy over the ``K`` seen kernels (labels: ``batch["params"]["kernel_index"]`` of the
 ``MixtureDegradation`` over the seen kernels). SGD with momentum 0.9, learning rate 1e-2 divided by 10 every 20
 epochs (about 60 epochs in the paper), dropout 0.5; gradient clipping to ``[-0.6, 0.6]`` is set in the trainer
-(``configs/mixture/enet_pretrain.yaml``). The checkpoint (``checkpoints/mixture/enet_x{scale}/last.ckpt``) holds ``enet.*``
-and ``head.*``; the mixture stage (``lightning_modules.mixture.joint.MixtureSR``) reads ``enet.*`` only, so the head is
-discarded there.
+(``configs/mixture/enet_pretrain.yaml``). The checkpoint (``checkpoints/mixture/enet_x{scale}/last.ckpt``) holds
+``enet.*`` and ``head.*``; the mixture stage (``lightning_modules.mixture.joint.MixtureSR``) reads ``enet.*`` only, so
+the head is discarded there.
 
-The network works on the Y channel (``lightning_modules.mixture.joint.rgb_to_y``). As an ``SRSystem`` its
-``super_resolve`` is MATLAB bicubic upsampling, so ``val/psnr_y`` is the bicubic reference; the stage's own metric
-is ``val/acc``, the kernel-classification accuracy on the validation crops (chance ``1 / K``).
+The network works on the Y channel (``rgb_to_y`` of ``datamodules.degradation.ops``: MATLAB ``rgb2ycbcr`` / 255). As
+an ``SRSystem`` its ``super_resolve`` is MATLAB bicubic upsampling, so ``val/psnr_y`` is the bicubic reference; the
+stage's own metric is ``val/acc``, the kernel-classification accuracy on the validation crops (chance ``1 / K``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.degradation.ops import resize
+from datamodules.degradation.ops import resize, rgb_to_y
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.mixture.joint import rgb_to_y
 from lightning_modules.nets.mixture import ENet, KernelClassifierHead
 
 

@@ -12,15 +12,15 @@ prior (Sec. 3.3.2: "We feed each LR image into the pre-trained E-Net to obtain t
 the normalized posterior ..."). It also initialises the trainable E-Net. Inference is Eq. (10):
 ``H* = sum_z q_z R(L, z) + bicubic(L)``.
 
-Pure functions, used by the system and tested on their own: :func:`branch_errors`, :func:`expected_reconstruction`,
-:func:`kl_categorical`, :func:`soft_mixture`, :func:`hard_mixture`.
+The ELBO's parts and the two mixtures are pure functions in ``lightning_modules.mixture.elbo``.
 
 Conventions
 -----------
 * **Y channel.** The systems take RGB in ``[0, 1]`` and work on Y of MATLAB ``rgb2ycbcr`` divided by 255 (so Y lies
-  in ``[16/255, 235/255]``, the official code's skimage ``rgb2ycbcr`` with ``input_range = 1``). The returned RGB
-  image is the SR Y combined with the bicubic-upsampled Cb/Cr of the LR, converted back with the exact inverse
-  transform, so the evaluation's Y of the output is the network's Y (up to clamping RGB to ``[0, 1]``).
+  in ``[16/255, 235/255]``, the official code's skimage ``rgb2ycbcr`` with ``input_range = 1``): ``rgb_to_y``,
+  ``rgb_to_ycbcr`` and ``ycbcr_to_rgb`` of ``datamodules.degradation.ops``. The returned RGB image is the SR Y
+  combined with the bicubic-upsampled Cb/Cr of the LR, converted back with the exact inverse transform, so the
+  evaluation's Y of the output is the network's Y (up to clamping RGB to ``[0, 1]``).
 * **Bicubic.** ``ops.resize(convention="matlab")`` (Keys ``a = -0.5``), which equals the official code's PIL bicubic
   upsampling up to Pillow's 8-bit arithmetic.
 * **Reconstruction term.** ``||H - F||^2`` is the per-image *sum* of squared Y errors (``reduction="sum"``, Eq. 12 as
@@ -46,34 +46,39 @@ Variants (Sec. 4.2.2, Table 3) are values of ``variant``:
   posterior and (2) branches fixed, E-Net trained on the first term of Eq. (12); hard selection at test time.
   Each phase leaves one part without gradients: under DDP use ``--trainer.strategy ddp_find_unused_parameters_true``.
 
-``PosteriorPCALogger`` renders Fig. 4: E-Net posteriors of validation crops degraded with every seen and unseen
-kernel, projected to 3-D by PCA, coloured by kernel.
+Fig. 4 (PCA of E-Net posteriors under every seen and unseen kernel) is ``callbacks.posterior_pca.PosteriorPCALogger``,
+which calls :meth:`MixtureSR.posterior`.
 """
 
 from __future__ import annotations
 
-import colorsys
 import copy
 import math
-import os
-from collections.abc import Sequence
 from typing import Any, Literal
 
-import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
-from PIL import Image, ImageDraw
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from datamodules.degradation.ops import resize
-from datamodules.degradation.pipelines.mixture import mixture_kernels
+from datamodules.degradation.ops import resize, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.core.stages import CheckpointError, check_state_dict, read_checkpoint
+from lightning_modules.core.stages import (
+    CheckpointError,
+    FrozenParts,
+    check_state_dict,
+    freeze,
+    read_checkpoint,
+    stage_hparams,
+)
 from lightning_modules.core.tiling import tiled_forward
+from lightning_modules.mixture.elbo import (
+    branch_errors,
+    expected_reconstruction,
+    hard_mixture,
+    kl_categorical,
+    soft_mixture,
+)
 from lightning_modules.nets.mixture import ENet, MixtureBranches
 
 Variant = Literal["ours", "average", "no_pretrain", "hard", "hard_alternating"]
@@ -82,84 +87,8 @@ PRETRAIN_COMMAND = "python main.py fit -c configs/mixture/enet_pretrain.yaml"
 # Runtime options of MixtureSR kept out of the checkpoint's hyper-parameters (see base.RUNTIME_HPARAMS).
 MIXTURE_RUNTIME_HPARAMS = (*RUNTIME_HPARAMS, "inference")
 
-# ----------------------------------------------------------------------------------------------------------------
-# Y channel
-# ----------------------------------------------------------------------------------------------------------------
 
-_YCC = torch.tensor(
-    [[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]], dtype=torch.float64
-)
-_YCC_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64)
-
-
-def rgb_to_ycbcr(x: Tensor) -> Tensor:
-    """MATLAB ``rgb2ycbcr`` divided by 255: ``(B, 3, H, W)`` RGB in ``[0, 1]`` -> YCbCr, Y in ``[16, 235] / 255``."""
-    m = (_YCC / 255).to(x)
-    return torch.einsum("ij,bjhw->bihw", m, x) + (_YCC_OFFSET / 255).to(x).view(1, 3, 1, 1)
-
-
-def ycbcr_to_rgb(x: Tensor) -> Tensor:
-    """Exact inverse of :func:`rgb_to_ycbcr` (not clamped)."""
-    inv = torch.linalg.inv(_YCC / 255).to(x)
-    return torch.einsum("ij,bjhw->bihw", inv, x - (_YCC_OFFSET / 255).to(x).view(1, 3, 1, 1))
-
-
-def rgb_to_y(x: Tensor) -> Tensor:
-    """The Y channel ``(B, 1, H, W)`` of :func:`rgb_to_ycbcr`."""
-    return rgb_to_ycbcr(x)[:, :1]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The ELBO's parts and the mixtures (pure functions)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def branch_errors(outputs: Tensor, target: Tensor, reduction: Literal["sum", "mean"] = "sum") -> Tensor:
-    """Squared error of every branch: ``||H - F(L, z)||^2`` per image and branch.
-
-    Args:
-        outputs: ``(B, M, H, W)`` branch predictions ``F(L, z)``.
-        target: ``(B, 1, H, W)`` HR Y.
-        reduction: ``"sum"`` over pixels (the squared norm of Eq. 12) or ``"mean"``.
-
-    Returns:
-        ``(B, M)``.
-    """
-    sq = (outputs - target).square()
-    return sq.sum(dim=(-2, -1)) if reduction == "sum" else sq.mean(dim=(-2, -1))
-
-
-def expected_reconstruction(q: Tensor, errors: Tensor) -> Tensor:
-    """First term of Eq. (12): ``E_q[||H - F(L, z)||^2] = sum_z q_z err_z``, ``(B, M), (B, M) -> (B,)``."""
-    return (q * errors).sum(dim=-1)
-
-
-def kl_categorical(log_q: Tensor, log_p: Tensor) -> Tensor:
-    """``KL(q || p) = sum_z q_z (log q_z - log p_z)`` from log-probabilities ``(B, M)`` -> ``(B,)``.
-
-    Exactly zero when ``log_q == log_p``; terms with ``q_z = 0`` contribute zero.
-    """
-    q = log_q.exp()
-    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(dim=-1)
-
-
-def soft_mixture(q: Tensor, residuals: Tensor, base: Tensor) -> Tensor:
-    """Eq. (10): ``sum_z q_z R(L, z) + bicubic(L)``; ``q (B, M)``, ``residuals (B, M, H, W)``, ``base (B, 1, H, W)``."""
-    return base + (q[:, :, None, None] * residuals).sum(dim=1, keepdim=True)
-
-
-def hard_mixture(q: Tensor, residuals: Tensor, base: Tensor) -> Tensor:
-    """Hard selection: the residual of the branch of maximum posterior, plus ``base``."""
-    idx = q.argmax(dim=1)
-    return base + residuals[torch.arange(q.shape[0], device=q.device), idx][:, None]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The system
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class MixtureSR(SRSystem):
+class MixtureSR(FrozenParts, SRSystem):
     """Joint training of E-Net and ``M`` Table-2 branches with the ELBO of Eq. (12); Eq. (10) at inference.
 
     Args:
@@ -191,6 +120,8 @@ class MixtureSR(SRSystem):
             pre-trained with (``input_norm`` of ``ENetPretrain``; checked when the checkpoint is read).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
+
+    frozen_parts = ("prior",)  # the frozen pre-trained E-Net stays in eval mode (no dropout, fixed BN statistics)
 
     def __init__(
         self,
@@ -233,9 +164,7 @@ class MixtureSR(SRSystem):
             None if variant == "average" else ENet(num_branches, enet_channels, dropout, input_norm=enet_input_norm)
         )
         self.uses_pretraining = variant in ("ours", "hard", "hard_alternating")
-        self.prior = copy.deepcopy(self.enet) if variant in ("ours", "hard") else None
-        if self.prior is not None:
-            self.prior.requires_grad_(False).eval()
+        self.prior = freeze(copy.deepcopy(self.enet)) if variant in ("ours", "hard") else None
         self.val_loss = MeanMetric()
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
@@ -249,12 +178,16 @@ class MixtureSR(SRSystem):
         return self.hparams.enet_ckpt.format(scale=self.scale)
 
     def load_pretrained_enet(self, path: str | None = None) -> None:
-        """Initialise E-Net (and the frozen prior) from a pre-training checkpoint; stops if it is missing."""
+        """Initialise E-Net (and the frozen prior) from a pre-training checkpoint; stops if it is missing or differs.
+
+        The checkpoint must be ``ENetPretrain``'s (``input_norm`` among its hyper-parameters) at this model's scale,
+        pre-trained with ``input_norm == enet_input_norm``, with E-Net weights ``enet.*`` of the same widths.
+        """
         path = path or self.enet_ckpt_path
         command = PRETRAIN_COMMAND + ("" if self.scale == 2 else f" --data.init_args.scale {self.scale}")
         ckpt = read_checkpoint(path, command)
-        theirs = ckpt.get("hyper_parameters", {})
-        if "input_norm" in theirs and bool(theirs["input_norm"]) != self.hparams.enet_input_norm:
+        theirs = stage_hparams(ckpt, path, ("input_norm",), command, scale=self.scale)
+        if bool(theirs["input_norm"]) != self.hparams.enet_input_norm:
             raise CheckpointError(
                 f"checkpoint {path} was pre-trained with input_norm={theirs['input_norm']} but this model has "
                 f"enet_input_norm={self.hparams.enet_input_norm}: pass --model.init_args.enet_input_norm "
@@ -270,13 +203,6 @@ class MixtureSR(SRSystem):
         resuming = getattr(self.trainer, "ckpt_path", None) is not None
         if stage == "fit" and self.uses_pretraining and not resuming:
             self.load_pretrained_enet()
-
-    def train(self, mode: bool = True) -> MixtureSR:
-        """As ``nn.Module.train``, but the prior E-Net always stays in eval mode (no dropout, fixed BN statistics)."""
-        super().train(mode)
-        if self.prior is not None:
-            self.prior.eval()
-        return self
 
     # ----------------------------------------------------------------------------------------------- forward
     def log_posterior(self, y_lr: Tensor) -> Tensor:
@@ -441,140 +367,3 @@ class MixtureSR(SRSystem):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the plateau schedule's state when the optimiser is made."""
         self._plateau_state = checkpoint.get("mixture_plateau")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Fig. 4: PCA of E-Net posteriors
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def pca_project(x: Tensor, dims: int = 3) -> Tensor:
-    """Project the rows of ``x`` ``(N, D)`` onto their first ``dims`` principal components (zero-padded if D < dims)."""
-    x = x.double()
-    centred = x - x.mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vh[:dims].T
-    if proj.shape[1] < dims:
-        proj = F.pad(proj, (0, dims - proj.shape[1]))
-    return proj
-
-
-def kernel_colour(kernel_id: int, total: int = 52) -> tuple[int, int, int]:
-    """A distinct RGB colour per kernel id (hue around the wheel, alternating brightness)."""
-    r, g, b = colorsys.hsv_to_rgb((kernel_id * 0.618034) % 1.0, 0.85, 0.95 if kernel_id % 2 else 0.7)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def render_pca_panels(
-    points: Tensor, kernel_ids: Tensor, groups: Sequence[tuple[str, Tensor]], panel: int = 220
-) -> np.ndarray:
-    """Draw 3-D points as three 2-D projections (PC1-PC2, PC1-PC3, PC2-PC3), one row per group, with Pillow.
-
-    Args:
-        points: ``(N, 3)`` PCA coordinates.
-        kernel_ids: ``(N,)`` global kernel id of each point (its colour).
-        groups: ``(title, mask (N,) bool)`` per row (e.g. seen / unseen kernels); axes are shared by all rows.
-        panel: Side of one panel in pixels.
-
-    Returns:
-        ``(H, W, 3)`` uint8 image.
-    """
-    pairs = ((0, 1), (0, 2), (1, 2))
-    margin, title_h = 12, 16
-    width = len(pairs) * (panel + margin) + margin
-    height = len(groups) * (panel + margin + title_h) + margin
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    lo = points.min(dim=0).values
-    span = (points.max(dim=0).values - lo).clamp_min(1e-6)  # components at rounding level stay flat
-    for r, (title, mask) in enumerate(groups):
-        top = margin + r * (panel + margin + title_h)
-        for c, (a, b) in enumerate(pairs):
-            left = margin + c * (panel + margin)
-            draw.text((left, top), f"{title}: PC{a + 1} vs PC{b + 1}", fill=(0, 0, 0))
-            box = (left, top + title_h, left + panel, top + title_h + panel)
-            draw.rectangle(box, outline=(160, 160, 160))
-            for i in torch.nonzero(mask).flatten().tolist():
-                x = left + 4 + float((points[i, a] - lo[a]) / span[a]) * (panel - 8)
-                y = top + title_h + panel - 4 - float((points[i, b] - lo[b]) / span[b]) * (panel - 8)
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=kernel_colour(int(kernel_ids[i])))
-    return np.asarray(img)
-
-
-class PosteriorPCALogger(Callback):
-    """Fig. 4: E-Net posteriors of validation crops under every seen and unseen kernel, PCA to 3-D, coloured by kernel.
-
-    The HR crops of the first validation batch (first ``max_images``) are degraded with every kernel of each group
-    by the DataModule's ``MixtureDegradation`` (``degrade``); the system's ``posterior(lr) -> (N, M)`` gives
-    ``q``; all posteriors are projected on their first 3 principal components (SVD), and the 3-D embedding is drawn
-    as three pairwise 2-D scatter plots per group (Pillow; matplotlib is not a dependency). Logged to W&B as
-    ``val/posterior_pca`` when a ``WandbLogger`` is present and always saved as
-    ``<log_dir>/posterior_pca/epoch{E:04d}_step{S:07d}.png``; the coordinates go to a ``.npz`` beside it.
-    Runs on rank zero at validation epochs 0, n, 2n, ..., never in the sanity check; does nothing for systems
-    without ``posterior`` (the averaged ensemble) or data without a ``MixtureDegradation``.
-
-    Args:
-        every_n_epochs: Render every n-th validation epoch.
-        max_images: Validation crops used (each is degraded with every kernel).
-        groups: Kernel groups, one row each (``"seen"``, ``"unseen"``, ``"all"``).
-    """
-
-    def __init__(self, every_n_epochs: int = 1, max_images: int = 8, groups: Sequence[str] = ("seen", "unseen")):
-        super().__init__()
-        self.every_n_epochs = every_n_epochs
-        self.max_images = max_images
-        self.groups = tuple(groups)
-        self._hr: Tensor | None = None
-        self.last_png: str | None = None
-
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        """Keep the HR crops of the first validation batch (CPU copy)."""
-        if self._hr is None and batch_idx == 0 and dataloader_idx == 0 and isinstance(batch, dict) and "hr" in batch:
-            self._hr = batch["hr"][: self.max_images].detach().to("cpu", copy=True)
-
-    @torch.no_grad()
-    def posteriors(self, pl_module: pl.LightningModule, degradation: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """``(q (N, M), kernel ids (N,), group index (N,))`` for the kept crops under every kernel of each group."""
-        hr = self._hr.to(pl_module.device).float()
-        qs, ids, which = [], [], []
-        for g, group in enumerate(self.groups):
-            kid = torch.tensor(degradation.split.ids(group), dtype=torch.long)
-            bank = mixture_kernels(kid).to(hr)
-            n, k = hr.shape[0], bank.shape[0]
-            lr = degradation.degrade(hr.repeat_interleave(k, dim=0), bank.repeat(n, 1, 1))
-            qs.append(pl_module.posterior(lr).float().cpu())
-            ids.append(kid.repeat(n))
-            which.append(torch.full((n * k,), g))
-        return torch.cat(qs), torch.cat(ids), torch.cat(which)
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Render and log the PCA plot (rank zero)."""
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
-        root = trainer.log_dir or trainer.default_root_dir  # every rank asks (it broadcasts)
-        degradation = getattr(getattr(trainer, "datamodule", None), "degradation", None)
-        if not trainer.is_global_zero or self._hr is None or not hasattr(pl_module, "posterior"):
-            return
-        if getattr(pl_module, "enet", True) is None or not hasattr(degradation, "split"):
-            return
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            q, ids, which = self.posteriors(pl_module, degradation)
-        finally:
-            pl_module.train(was_training)
-        points = pca_project(q)
-        rows = [(f"{g} ({int((which == i).sum())} pts)", which == i) for i, g in enumerate(self.groups)]
-        image = render_pca_panels(points, ids, rows)
-        out_dir = os.path.join(root, "posterior_pca")
-        os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.join(out_dir, f"epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}")
-        Image.fromarray(image).save(stem + ".png")
-        np.savez(stem + ".npz", q=q.numpy(), pca=points.numpy(), kernel_id=ids.numpy(), group=which.numpy())
-        self.last_png = stem + ".png"
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="val/posterior_pca", images=[image], caption=["E-Net posteriors, PCA (Fig. 4)"],
-                                 step=trainer.global_step)  # fmt: skip

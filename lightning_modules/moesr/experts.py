@@ -34,6 +34,7 @@ from datamodules.degradation.pipelines.moesr import X2_LAMBDAS, GridDegradation,
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.optim import adam_one_cycle
 from lightning_modules.metrics import PSNRY
+from lightning_modules.moesr.stages import check_data_kernels
 from lightning_modules.nets.moesr import ExpertBank
 
 EXPERTS_RUNTIME_HPARAMS = (*RUNTIME_HPARAMS, "eval_expert")
@@ -47,7 +48,8 @@ class MoESRExperts(SRSystem):
 
     Args:
         lambdas: The grid's x2 variances (official: 0.85, 1.47, 2.27, 3.23, 4.37 -> 85 kernels, 25 experts; x4 uses
-            5 times these). Must equal ``data.init_args.degradation.init_args.lambdas`` (checked at set-up).
+            5 times these). Stated only here: the CLI passes them to the data's ``GridDegradation``
+            (``BlindSRCLI``); a system built by hand is checked at set-up.
         num_layers: Convolutions per expert stage (paper: 12).
         channels: Feature maps per hidden layer (paper: 64).
         lr: Maximum learning rate of the one-cycle schedule (paper: 3e-4).
@@ -91,20 +93,9 @@ class MoESRExperts(SRSystem):
     def setup(self, stage: str) -> None:
         """Check the scale and that the data degrades with this grid (``GridDegradation`` with the same lambdas)."""
         super().setup(stage)
-        data = getattr(self.trainer, "datamodule", None)
-        degradation = getattr(data, "degradation", None)
+        degradation = getattr(getattr(self.trainer, "datamodule", None), "degradation", None)
         if stage == "fit" or (stage == "validate" and degradation is not None):
-            if not isinstance(degradation, GridDegradation):
-                raise ValueError(
-                    "MoESRExperts trains on every expert kernel at once: the data needs "
-                    "degradation: {class_path: datamodules.degradation.pipelines.moesr.GridDegradation} (configs/moesr/experts.yaml), "
-                    f"got {type(degradation).__name__}"
-                )
-            if degradation.grid != self.grid:
-                raise ValueError(
-                    f"the data's grid {degradation.grid} differs from the model's {self.grid}: give the same "
-                    "lambdas to --model.init_args.lambdas and --data.init_args.degradation.init_args.lambdas"
-                )
+            check_data_kernels(degradation, self.grid, GridDegradation, type(self).__name__)
 
     # ----------------------------------------------------------------------------------------------- forward
     def super_resolve(self, lr: Tensor) -> Tensor:
@@ -150,10 +141,7 @@ class MoESRExperts(SRSystem):
         if "lr_experts" not in batch or "expert_index" not in batch.get("params", {}):
             return super().validation_step(batch, batch_idx)  # no grid degradation: the fixed expert
         sr = self.bank(lr[:, None], batch["params"]["expert_index"][:, None])[:, 0].clamp(0, 1)
-        self.val_metrics.update(sr, hr)
-        self.val_bicubic_metrics.update(resize(lr, scale=self.scale, convention="matlab").clamp(0, 1), hr)
-        self.log_dict(self.val_metrics, on_epoch=True, batch_size=bsz, prog_bar=True)
-        self.log_dict(self.val_bicubic_metrics, on_epoch=True, batch_size=bsz, prog_bar=True)
+        self.update_sr_metrics("val", sr, lr, hr)
 
         lr_experts = batch["lr_experts"]
         num = lr_experts.shape[1]

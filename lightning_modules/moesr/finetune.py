@@ -5,8 +5,8 @@ DualSR's self-supervised losses, the learned downsampler of DualSR replaced by t
 (block-centred, ``(k, k)``, applied by correlation):
 
 * crops: an "HR" crop of ``crop_size`` (128) px and an "LR" crop of ``crop_size / s`` px, both cut from the LR
-  image, their centres drawn from one KernelGAN-style gradient probability map (below), each rotated by 180 degrees
-  with probability 0.4 (the Gaussian kernels are centrosymmetric, so this is a valid augmentation);
+  image, their centres drawn from one KernelGAN-style gradient probability map (``crops.py``), each rotated by 180
+  degrees with probability 0.4 (the Gaussian kernels are centrosymmetric, so this is a valid augmentation);
 * forward cycle ``5 * L1(down_k(U(LR)), LR)`` and backward cycle ``5 * L1(U(quantise(down_k(HR))), HR)``, where
   ``down_k`` is a per-channel *valid* correlation with stride ``s`` and the targets are centre-cropped to the
   output (``centre_crop``; the block-centred kernel makes the two line up exactly);
@@ -20,21 +20,13 @@ DualSR's self-supervised losses, the learned downsampler of DualSR replaced by t
 * Adam (betas 0.5, 0.999), OneCycleLR (max lr 1e-5, div_factor 10, ``total_steps = iterations``), batch 1, 1000
   iterations.
 
-Crop sampling (the official ``create_gradient_map`` / ``create_probability_map`` procedure, reimplemented in torch):
-luma ``0.299 R + 0.587 G + 0.114 B``; central-difference gradients; ``|g_row|`` and ``|g_col|`` reduced to their
-top 3 % (values above the 97th percentile, the rest zero), plus the raw gradient magnitude, each normalised to
-sum 1 and summed; a 5-px zero border; a 5x5 box blur; then a ``(crop_small / 2)`` box blur, a zero border of
-``crop_small / 2`` and normalisation give the probability of each crop *centre*. One map serves both crop sizes;
-centres become top-left corners clamped into the image and rounded down to even indices. Synthetic images
-(``real=False``) larger than 160 px lose a 10-px border before sampling.
-
 Differences from the official code, all deliberate: the bicubic target (PyTorch bicubic, as the official one) and
 the mask are computed once on the whole image and cropped, instead of on every crop (identical inside a crop; the
 official per-crop Sobel with zero padding also masks out the crop's own border); crops are clamped to the image for
 small images (``crop_size`` becomes the largest multiple of ``s`` that fits); the network is any LR -> SR module (x4:
 an ``nn.Sequential`` of two x2 stages for the intermediate term). Random draws: crop positions and rotations from a
-CPU ``torch.Generator`` seeded with ``seed`` (the same crops on every device), noise from a generator on the
-image's device.
+CPU ``torch.Generator`` seeded with ``seed`` (``crops.plan_crops``: the same crops on every device), noise from a
+generator on the image's device.
 
 Speed: everything that does not change per iteration (crop positions and rotations, the bicubic image, the mask)
 is prepared once; the loop itself only slices, runs the network and steps the optimiser, with no host-device
@@ -43,25 +35,29 @@ synchronisation except the loss read-out once per ``progress_every`` iterations.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Iterator
 
 import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from datamodules.degradation.ops import quantize, resize
+from lightning_modules.moesr.crops import (
+    CROP_SIZE,
+    ROTATE_PROB,
+    SYNTHETIC_SHAVE,
+    finetune_crop_size,
+    plan_crops,
+    sampling_border,
+)
 
 # Official hyper-parameters (MoESR options / DualSR losses).
 CYCLE_WEIGHT = 5.0
 INTERP_WEIGHT = 1.0
-CROP_SIZE = 128
-ROTATE_PROB = 0.4
-SYNTHETIC_SHAVE = 10
-SHAVE_MIN_SIZE = 160
 NOISE_STD = 0.04
-_LUMA = (0.299, 0.587, 0.114)
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -106,123 +102,7 @@ def flat_region_mask(up: Tensor) -> Tensor:
     return 1 - kornia.filters.sobel(up, normalized=False, eps=0.0).clamp(0, 1)
 
 
-def _box_mean(x: Tensor, size: int) -> Tensor:
-    """'same'-size mean over ``size x size`` windows of a 2-D map (zero outside), in O(HW) with integral images."""
-    before, after = (size - 1) // 2, size // 2
-    pad = F.pad(x, (before + 1, after, before + 1, after))
-    integral = pad.cumsum(0).cumsum(1)
-    h, w = x.shape
-    total = (
-        integral[size : size + h, size : size + w]
-        - integral[:h, size : size + w]
-        - integral[size : size + h, :w]
-        + integral[:h, :w]
-    )
-    return total / (size * size)
-
-
-def _zero_border(x: Tensor, edge: int) -> Tensor:
-    out = torch.zeros_like(x)
-    if 2 * edge < min(x.shape):
-        out[edge : x.shape[0] - edge, edge : x.shape[1] - edge] = x[edge : x.shape[0] - edge, edge : x.shape[1] - edge]
-    return out
-
-
-def _top_fraction(x: Tensor, percent: float) -> Tensor:
-    """KernelGAN's ``clip_extreme``: ``clamp(x, v, v') - v``, ``v`` the ``percent`` quantile, ``v'`` the next value."""
-    flat = x.flatten()
-    pivot = min(int(percent * flat.numel()), flat.numel() - 2)
-    lo = flat.kthvalue(pivot + 1).values  # sorted[pivot], in O(n)
-    hi = flat.kthvalue(pivot + 2).values  # sorted[pivot + 1]
-    hi = hi if hi > lo else lo + 1e-5
-    return x.clamp(lo, hi) - lo
-
-
-def gradient_map(img: Tensor, window: int = 5, percent: float = 0.97) -> Tensor:
-    """KernelGAN / DualSR / MoESR gradient "loss map" of an image (see module docstring), mean 1.
-
-    Args:
-        img: ``(3, H, W)`` or ``(1, 3, H, W)`` RGB in ``[0, 1]``.
-        window: Zero border and box-blur size.
-        percent: Quantile above which the directional gradients count.
-
-    Returns:
-        ``(H, W)`` float64 map on the CPU.
-    """
-    img = img.detach().reshape(-1, *img.shape[-2:]).to("cpu", torch.float64)
-    gray = sum(w * c for w, c in zip(_LUMA, img, strict=True))
-    g_row, g_col = torch.gradient(gray)
-    mag = torch.sqrt(g_row**2 + g_col**2)
-    g_row, g_col, mag = (_zero_border(g.abs(), window) for g in (g_row, g_col, mag))
-    parts = [_top_fraction(g_row, percent), _top_fraction(g_col, percent), mag]
-    combined = sum(p / p.sum() for p in parts if p.sum() > 0)
-    if not isinstance(combined, Tensor):  # a flat image: every position alike
-        return torch.ones_like(gray)
-    loss_map = _box_mean(combined, window)
-    return loss_map / loss_map.mean()
-
-
-def crop_probability(loss_map: Tensor, crop: int) -> Tensor:
-    """Probability of each pixel as a crop centre: the ``crop // 2`` box mean of ``loss_map``, zero near borders.
-
-    Args:
-        loss_map: ``(H, W)`` map from ``gradient_map``.
-        crop: The (small) crop side; centres closer than ``crop // 2`` to a border get probability 0.
-
-    Returns:
-        ``(H, W)`` float64, sums to 1 (uniform if the map is zero everywhere).
-    """
-    half = max(crop // 2, 1)
-    prob = _zero_border(_box_mean(loss_map, half), half)
-    total = prob.sum()
-    return prob / total if total > 0 else torch.full_like(prob, 1.0 / prob.numel())
-
-
-def sample_crop_corners(prob: Tensor, count: int, size: int, generator: torch.Generator) -> list[tuple[int, int]]:
-    """Draw ``count`` crop centres from ``prob`` ``(H, W)`` and turn them into top-left corners of ``size`` crops.
-
-    Corners are clamped so that the crop fits and rounded down to even indices (as the official data generator).
-    """
-    h, w = prob.shape
-    cdf = prob.flatten().cumsum(0)
-    u = torch.rand(count, generator=generator, dtype=cdf.dtype) * cdf[-1]
-    idx = torch.searchsorted(cdf, u).clamp(max=h * w - 1)
-    top = (idx // w - size // 2).clamp(0, h - size)
-    left = (idx % w - size // 2).clamp(0, w - size)
-    top, left = top - top % 2, left - left % 2
-    return list(zip(top.tolist(), left.tolist(), strict=True))
-
-
 # ------------------------------------------------------------------------------------------------ objective
-def finetune_crop_size(height: int, width: int, scale: int, crop_size: int = CROP_SIZE, border: int = 0) -> int:
-    """The "HR" crop side used on an LR image of ``height x width``.
-
-    ``crop_size``, or the largest multiple of ``scale`` that fits inside the image less ``border`` on every side.
-    """
-    big = min(crop_size, height - 2 * border, width - 2 * border)
-    return big - big % scale
-
-
-def can_finetune(
-    height: int, width: int, scale: int, kernel_size: int, crop_size: int = CROP_SIZE, real: bool = False
-) -> bool:
-    """Whether an LR image of ``height x width`` yields crops of at least the kernel size (needed by ``finetune``)."""
-    border = SYNTHETIC_SHAVE if not real and min(height, width) > SHAVE_MIN_SIZE else 0
-    return finetune_crop_size(height, width, scale, crop_size, border) >= kernel_size
-
-
-@dataclass(frozen=True)
-class CropPlan:
-    """The crops of every iteration: corners (in full-image LR pixels) and 180-degree rotation flags."""
-
-    big: list[tuple[int, int]]
-    small: list[tuple[int, int]]
-    rotate_big: list[bool]
-    rotate_small: list[bool]
-    big_size: int
-    small_size: int
-
-
 class FinetuneObjective:
     """The self-supervised MoESR/DualSR objective on one LR image, with everything per-image precomputed.
 
@@ -279,7 +159,7 @@ class FinetuneObjective:
             None if intermediate_kernel is None else intermediate_kernel.detach().to(self.image).clone()
         )
         _, _, h, w = self.image.shape
-        self.border = shave if not real and min(h, w) > SHAVE_MIN_SIZE else 0
+        self.border = sampling_border(h, w, real, shave)
         big = finetune_crop_size(h, w, scale, crop_size, self.border)
         k = self.kernel.shape[-1]
         if big < k:
@@ -287,28 +167,11 @@ class FinetuneObjective:
                 f"image {w}x{h} is too small to fine-tune with a {k}x{k} kernel at x{scale} "
                 f"(crops of at least {k} px are needed)"
             )
-        self.plan = self._plan(iterations, big, big // scale, rotate_prob, seed)
+        self.plan = plan_crops(self.image, iterations, big, big // scale, rotate_prob, seed, self.border)
         # whole-image bicubic target (PyTorch convention, as the experts' own input) and its flat-region mask
         self.bicubic = resize(self.image, scale=scale, convention="torch")
         self.mask = flat_region_mask(self.bicubic)
         self.noise_generator = torch.Generator(device=self.image.device).manual_seed(seed)
-
-    def _plan(self, iterations: int, big: int, small: int, rotate_prob: float, seed: int) -> CropPlan:
-        generator = torch.Generator().manual_seed(seed)
-        b = self.border
-        region = self.image[0, :, b : self.image.shape[-2] - b, b : self.image.shape[-1] - b]
-        prob = crop_probability(gradient_map(region), small)
-        corners_big = sample_crop_corners(prob, iterations, big, generator)
-        corners_small = sample_crop_corners(prob, iterations, small, generator)
-        flips = (torch.rand(iterations, 2, generator=generator) < rotate_prob).tolist()
-        return CropPlan(
-            big=[(top + b, left + b) for top, left in corners_big],
-            small=[(top + b, left + b) for top, left in corners_small],
-            rotate_big=[f[0] for f in flips],
-            rotate_small=[f[1] for f in flips],
-            big_size=big,
-            small_size=small,
-        )
 
     def crops(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(hr_crop, lr_crop, bicubic_crop, mask_crop)`` of iteration ``step`` (rotated as planned)."""
@@ -439,3 +302,21 @@ def finetune(
                     progress(done, iterations, {k: float(v) / n for k, v in block.items()})
                     block, block_start = {}, done
     return net.eval()
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, show: bool = True) -> Iterator[ProgressFn | None]:
+    """A tqdm bar as ``finetune``'s ``progress`` callback (total loss shown); ``None`` unless ``show`` and steps."""
+    if not show or total <= 0:
+        yield None
+        return
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def report(done: int, _: int, losses: dict[str, float]) -> None:
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{losses['total']:.4f}")
+
+    try:
+        yield report
+    finally:
+        bar.close()

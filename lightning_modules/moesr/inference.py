@@ -2,14 +2,14 @@
 
 Per image (paper Sec. 3.2-3.3, Eq. 10-12):
 
-1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``moesr_common.grid_errors``: one
+1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``grid_eval.grid_errors``: one
    batched ``ExpertBank`` call per input transform), ``rho* = KEN(E)`` (Eq. 10-11);
 2. the grid kernel nearest to ``rho*`` (Eq. 12, ``MoESRGrid.nearest``: each parameter snapped to the grid) names a
    stored expert and an input transform; a standalone copy of that expert gets the transform folded into its
-   convolution weights (the official code rotates/flips weights rather than images), so it works on the image as
-   it is;
+   convolution weights (``grid_eval.grid_expert``; the official code rotates/flips weights rather than images), so
+   it works on the image as it is;
 3. the copy is fine-tuned on the LR image with the kernel ``K(rho*)`` fixed as the downsampler
-   (``moesr_finetune.finetune``: ``finetune_iters`` iterations, 1000 in the paper; 0 = "MoESR w/o FT");
+   (``finetune.finetune``: ``finetune_iters`` iterations, 1000 in the paper; 0 = "MoESR w/o FT");
 4. the fine-tuned copy super-resolves the image (tiled by the base class for large images).
 
 ``use_gt_kernel`` replaces steps 1-2 by the benchmark's ground-truth kernel (paper Table 2): the expert is that of
@@ -18,19 +18,16 @@ the multiplicative kernel noise and the truncation of DIV2KRK kernels do not bia
 moment estimates), the fine-tuning downsampler is the ground-truth kernel itself, and at x4 the intermediate x2
 kernel is the Gaussian of the ground truth's second moments at ``lambda / 5``.
 
-Kernel conventions (DESIGN.md): our kernels are block-centred (``13x13`` at x2, ``33x33`` at x4). DIV2KRK's
-``.mat`` ground truths (``11x11`` / ``31x31``) are centred on the middle pixel although the LR was made with the
-kernel shifted to the block centre, so with ``gt_kernel_centre="pixel"`` (default) the ground truth is moved to the
-block centre (``div2krk_kernel_to_block_centre``) and zero-padded to the grid size before being used, and kernel
-accuracy (``test/kernel_sae``, ``test/kernel_l2``) compares the ground truth as stored with the estimated Gaussian
-*evaluated* at the middle-pixel centre on the ground truth's grid (exact, no interpolation of either kernel).
-``"block"`` is for ground truths already block-centred.
+Kernel conventions (DESIGN.md; helpers in ``moesr/kernels.py``): our kernels are block-centred (``13x13`` at x2,
+``33x33`` at x4), the convention of the test batches (``datamodules.test_sets`` moves DIV2KRK's pixel-centred
+``.mat`` ground truths to the block centre on reading). ``use_gt_kernel`` zero-pads the ground truth to the grid
+size; kernel accuracy (``test/kernel_sae``, ``test/kernel_l2``, through ``SRSystem.update_kernel_metrics``) compares
+it with the estimated Gaussian *evaluated* block-centred on the ground truth's grid (no interpolation of the
+estimate).
 
 Outputs: SR PNGs as every ``SRSystem`` (``test_images/`` when ``save_images``, ``predictions/``) and, beside each,
-``<name>_x<s>_kernel.mat`` (``Kernel``: the estimate in the DIV2KRK convention, middle-pixel centred, grid size;
-``KernelBlockCentred``: the kernel used for fine-tuning; ``params``: ``lambda1, lambda2, theta``) and
-``<name>_x<s>_kernel.png`` (scaled to its maximum, enlarged 16x). The test table gains the estimated parameters,
-the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
+``<name>_x<s>_kernel.mat`` and ``.png`` (``kernels.save_kernel_files``). The test table gains the estimated
+parameters, the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
 """
 
 from __future__ import annotations
@@ -43,28 +40,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import scipy.io
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from datamodules.degradation.kernels import div2krk_kernel_to_block_centre, gaussian_kernels
-from datamodules.degradation.pipelines.moesr import MoESRGrid, invert_transform, moesr_kernels
+from datamodules.degradation.pipelines.moesr import MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
+from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
-from lightning_modules.moesr.finetune import CROP_SIZE, NOISE_STD, can_finetune, finetune
-from lightning_modules.moesr.grid_eval import DEFAULT_CKPTS, freeze, grid_errors, load_experts, load_ise, load_ken
-from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank
+from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
+from lightning_modules.moesr.finetune import NOISE_STD, finetune, progress_bar
+from lightning_modules.moesr.grid_eval import grid_errors, grid_expert
+from lightning_modules.moesr.kernels import (
+    fit_kernel_size,
+    gaussians_like,
+    ken_kernels,
+    kernel_moments,
+    save_kernel_files,
+)
+from lightning_modules.moesr.stages import DEFAULT_CKPTS, load_experts, load_ise, load_ken
+from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank, ken_params
 
 MOESR_RUNTIME_HPARAMS = (
     *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",
-    "gt_kernel_centre", "max_batch", "finetune_seed", "crop_size", "progress",
+    "max_batch", "finetune_seed", "crop_size", "progress",
 )  # fmt: skip
-KERNEL_PNG_ZOOM = 16
 
 
 @dataclass
@@ -88,72 +88,11 @@ class KernelChoice:
     seconds: float
 
 
-def kernel_moments(kernels: Tensor) -> Tensor:
-    """Second moments of kernels as MoESR parameters: ``(B, k, k) -> (B, 3)`` ``(lambda1, lambda2, theta)``.
-
-    ``lambda1 >= lambda2`` are the eigenvalues of the covariance (about the kernel's own mean) on the ``(x = column,
-    y = row)`` grid, ``theta`` in ``[0, pi)`` the angle of the first eigenvector from the x axis: the inverse of
-    ``gaussian_kernels(param="var")`` up to truncation by the kernel's support.
-    """
-    k = kernels.detach().to(torch.float64)
-    k = k / k.sum(dim=(-2, -1), keepdim=True)
-    coords = torch.arange(k.shape[-1], dtype=torch.float64, device=k.device)
-    py, px = k.sum(dim=-1), k.sum(dim=-2)  # marginals over rows (y) and columns (x)
-    my, mx = (py * coords).sum(-1), (px * coords).sum(-1)
-    dy, dx = coords[None, :, None] - my[:, None, None], coords[None, None, :] - mx[:, None, None]
-    cxx, cyy, cxy = (k * dx * dx).sum((-2, -1)), (k * dy * dy).sum((-2, -1)), (k * dx * dy).sum((-2, -1))
-    cov = torch.stack([torch.stack([cxx, cxy], -1), torch.stack([cxy, cyy], -1)], -2)
-    values, vectors = torch.linalg.eigh(cov)  # ascending
-    theta = torch.remainder(torch.atan2(vectors[:, 1, 1], vectors[:, 0, 1]), math.pi)
-    return torch.stack([values[:, 1], values[:, 0].clamp_min(1e-6), theta], dim=-1)
-
-
-def fit_kernel_size(kernels: Tensor, size: int) -> Tensor:
-    """Zero-pad or centre-crop ``(B, k, k)`` kernels to ``(B, size, size)``, renormalised to sum 1.
-
-    Odd differences put the extra row/column at the end; even ones (11 -> 13, 31 -> 33) keep the centre exactly.
-    """
-    k = kernels.shape[-1]
-    if k < size:
-        d = size - k
-        kernels = F.pad(kernels, (d // 2, d - d // 2, d // 2, d - d // 2))
-    elif k > size:
-        d = k - size
-        kernels = kernels[..., d // 2 : d // 2 + size, d // 2 : d // 2 + size]
-    return kernels / kernels.sum(dim=(-2, -1), keepdim=True)
-
-
-def fold_transform_into_weights(net: nn.Module, transform: int) -> nn.Module:
-    """Make ``net(x) == invert_transform(net_before(apply_transform(x, t)), t)`` by transforming its 3x3 weights.
-
-    For a correlation with symmetric padding, conjugating the input by a flip or rotation ``g`` equals correlating
-    with ``g^-1`` applied to the kernel, and PyTorch's bicubic upsampling commutes with flips and rotations; so every
-    ``Conv2d`` weight becomes ``invert_transform(weight, t)`` (in place; biases unchanged). This is the official
-    code's weight rotation; ``tests/test_moesr_system.py`` checks it against the image-transform form.
-    """
-    if transform == 0:
-        return net
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.copy_(invert_transform(module.weight, transform).clone())
-    return net
-
-
-def kernel_png(kernel: Tensor, path: Path, zoom: int = KERNEL_PNG_ZOOM) -> None:
-    """Write a ``(k, k)`` kernel as an 8-bit grey PNG, scaled to its maximum and enlarged ``zoom`` times."""
-    k = kernel.detach().to("cpu", torch.float64).clamp_min(0)
-    arr = (k / k.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
-    arr = np.kron(arr, np.ones((zoom, zoom), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode="L").save(path)
-
-
 class MoESR(SRSystem):
     """MoESR at test time: kernel estimation by experts + ISE + KEN, expert choice (Eq. 12), fine-tuning, SR.
 
     ``test`` and ``predict`` (and ``validate`` on synthetic crops); nothing to ``fit`` (the three stages are trained
-    by ``configs/moesr/experts.yaml``, ``moesr_ise.yaml`` and ``moesr_ken.yaml``). The stages are loaded at
+    by ``configs/moesr/experts.yaml``, ``ise.yaml`` and ``ken.yaml``). The stages are loaded at
     ``setup`` (``weights_only=True``); a missing checkpoint stops with a message naming the file and its command.
 
     Args:
@@ -168,8 +107,6 @@ class MoESR(SRSystem):
         estimate_crop: LR side of the central crop on which the kernel is estimated (0: the whole image, as the
             paper; e.g. 128 on a CPU budget; at least ``ceil(49 / scale)``, ISE's receptive field). The fine-tuning
             and the reconstruction always use the whole image.
-        gt_kernel_centre: Centre convention of the test set's ground-truth kernels: ``"pixel"`` (DIV2KRK and
-            ``datamodules.generate`` sets as stored) or ``"block"`` (see module docstring).
         max_batch: Most (image, kernel) pairs per expert / ISE call during estimation (GPU memory; ``None``: one
             call per transform group, about 21 full-size expert outputs at once).
         finetune_seed: Seed of the fine-tuning crops, rotations and noise (official: 100, the same for every image).
@@ -189,7 +126,6 @@ class MoESR(SRSystem):
         real: bool = False,
         noise_std: float = NOISE_STD,
         estimate_crop: int = 0,
-        gt_kernel_centre: Literal["pixel", "block"] = "pixel",
         max_batch: int | None = 8,
         finetune_seed: int = 100,
         crop_size: int = CROP_SIZE,
@@ -200,15 +136,12 @@ class MoESR(SRSystem):
         self.save_hyperparameters(ignore=list(MOESR_RUNTIME_HPARAMS))
         if finetune_iters < 0 or estimate_crop < 0:
             raise ValueError("finetune_iters and estimate_crop must be >= 0")
-        if gt_kernel_centre not in ("pixel", "block"):
-            raise ValueError(f"gt_kernel_centre must be 'pixel' or 'block', got {gt_kernel_centre!r}")
         self.finetune_iters = finetune_iters
         self.finetune_lr = finetune_lr
         self.use_gt_kernel = use_gt_kernel
         self.real = real
         self.noise_std = noise_std
         self.estimate_crop = estimate_crop
-        self.gt_kernel_centre = gt_kernel_centre
         self.max_batch = max_batch
         self.finetune_seed = finetune_seed
         self.crop_size = crop_size
@@ -258,7 +191,7 @@ class MoESR(SRSystem):
 
     def configure_optimizers(self) -> None:
         """MoESR has no training of its own; ``fit`` is refused."""
-        raise RuntimeError("MoESR has nothing to fit: its stages are trained by configs/moesr_{experts,ise,ken}.yaml")
+        raise RuntimeError("MoESR has nothing to fit: its stages are trained by configs/moesr/{experts,ise,ken}.yaml")
 
     def _require_stages(self, estimation: bool) -> None:
         if self.bank is None or (estimation and (self.ise is None or self.ken is None)):
@@ -284,8 +217,7 @@ class MoESR(SRSystem):
 
     def estimate_kernel(self, lr: Tensor) -> Tensor:
         """``(B, k, k)`` block-centred kernels ``K(KEN(E))`` of ``lr`` ``(B, 3, H, W)`` (13x13 at x2, 33x33 at x4)."""
-        params = self.estimate_parameters(lr)
-        return moesr_kernels(params[:, 0], params[:, 1], params[:, 2], self.grid.kernel_size, self.scale)
+        return ken_kernels(self.estimate_parameters(lr), self.grid.kernel_size, self.scale)
 
     def choose(self, lr: Tensor, gt_kernel: Tensor | None = None) -> KernelChoice:
         """Kernels and experts of a batch: estimated (KEN) or, given ``gt_kernel`` ``(B, k', k')``, the ground truth."""
@@ -293,13 +225,11 @@ class MoESR(SRSystem):
         grid, size = self.grid, self.grid.kernel_size
         if gt_kernel is None:
             params = self.estimate_parameters(lr)
-            kernel = moesr_kernels(params[:, 0], params[:, 1], params[:, 2], size, self.scale)
+            kernel = ken_kernels(params, size, self.scale)
             index = grid.nearest(params).cpu()
         else:
             self._require_stages(estimation=False)
             gt = gt_kernel.to(device=lr.device, dtype=torch.float32)
-            if self.gt_kernel_centre == "pixel":
-                gt = div2krk_kernel_to_block_centre(gt, self.scale)
             kernel = fit_kernel_size(gt, size)
             params = kernel_moments(kernel).to(lr.device)
             index = grid.kernel_nearest(kernel).cpu()
@@ -320,8 +250,7 @@ class MoESR(SRSystem):
         """A trainable standalone copy of grid kernel ``grid_index``'s expert, its input transform folded in."""
         self._require_stages(estimation=False)
         with torch.inference_mode(False):
-            net = self.bank.expert(int(self.grid.expert_index[grid_index]))
-            fold_transform_into_weights(net, int(self.grid.transform[grid_index]))
+            net = grid_expert(self.bank, self.grid, grid_index)
         return net.requires_grad_(True)
 
     def adapt(self, lr: Tensor, choice: KernelChoice, i: int = 0, name: str = "") -> tuple[nn.Module, float]:
@@ -340,8 +269,10 @@ class MoESR(SRSystem):
                 )
                 self._warned_small = True
             iters = 0
+        trainer = self._trainer
+        bar = trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None)
         start = time.perf_counter()
-        with self._progress_bar(iters, name) as report:
+        with progress_bar(iters, f"MoESR fine-tuning {name}".strip(), self.progress and bar) as report:
             finetune(
                 net, lr, choice.kernel[i], self.scale, iterations=iters, lr_max=self.finetune_lr,
                 intermediate_kernel=None if choice.intermediate is None else choice.intermediate[i],
@@ -351,28 +282,6 @@ class MoESR(SRSystem):
         if lr.device.type == "cuda":
             torch.cuda.synchronize(lr.device)
         return net.eval(), time.perf_counter() - start
-
-    @contextlib.contextmanager
-    def _progress_bar(self, total: int, name: str) -> Iterator:
-        trainer = self._trainer
-        show = (
-            self.progress
-            and total > 0
-            and (trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None))
-        )
-        if not show:
-            yield None
-            return
-        bar = tqdm(total=total, desc=f"MoESR fine-tuning {name}".strip(), leave=False, dynamic_ncols=True)
-
-        def report(done: int, _: int, losses: dict[str, float]) -> None:
-            bar.update(done - bar.n)
-            bar.set_postfix(loss=f"{losses['total']:.4f}")
-
-        try:
-            yield report
-        finally:
-            bar.close()
 
     # --------------------------------------------------------------------------------------------- pipeline
     def super_resolve(self, lr: Tensor) -> Tensor:
@@ -414,41 +323,26 @@ class MoESR(SRSystem):
     def _rows_info(self, choice: KernelChoice, seconds: list[float]) -> list[dict]:
         bsz = choice.kernel.shape[0]
         rows = []
+        params = {name: values.tolist() for name, values in ken_params(choice.params).items()}
         for i in range(bsz):
             g = int(choice.grid_index[i])
-            l1, l2, th = choice.params[i].tolist()
             rows.append({
-                "lambda1": l1, "lambda2": l2, "theta": th, "grid_kernel": g,
+                **{name: values[i] for name, values in params.items()}, "grid_kernel": g,
                 "expert": int(self.grid.expert_index[g]), "estimate_s": choice.seconds / bsz, "finetune_s": seconds[i],
             })  # fmt: skip
         return rows
 
-    def kernel_in_gt_convention(self, choice: KernelChoice, size: int) -> Tensor:
-        """The estimated Gaussians evaluated in the ground truth's convention on a ``size x size`` grid."""
-        p = choice.params.to(device=self.device, dtype=torch.float64)
-        centre = "pixel" if self.gt_kernel_centre == "pixel" else "block"
-        kernel = gaussian_kernels(size, p[:, 0], p[:, 1], p[:, 2], param="var", centre=centre, scale=self.scale)
-        return kernel.to(torch.float32)
-
     def _save_kernels(self, choice: KernelChoice, names: list[str], folder: Path) -> None:
-        pixel = gaussian_kernels(
-            self.grid.kernel_size, *choice.params.T, param="var", centre="pixel", scale=self.scale
-        ).to(torch.float32)  # fmt: skip
+        """``<name>_x<s>_kernel.{mat,png}`` in ``folder`` (``kernels.save_kernel_files``)."""
+        pixel = gaussians_like(choice.params, self.grid.kernel_size, "pixel", self.scale).to(torch.float32)
         for i, name in enumerate(names):
-            stem = folder / f"{name}_x{self.scale}_kernel"
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            used = choice.kernel[i].detach().to("cpu", torch.float64).numpy()
-            scipy.io.savemat(
-                stem.with_suffix(".mat"),
-                {"Kernel": pixel[i].double().numpy(), "KernelBlockCentred": used, "params": choice.params[i].numpy()},
-            )
-            kernel_png(choice.kernel[i], stem.with_suffix(".png"))
+            save_kernel_files(folder / f"{name}_x{self.scale}_kernel", pixel[i], choice.kernel[i], choice.params[i])
 
     # ------------------------------------------------------------------------------------------------- steps
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Estimate (or take the ground-truth kernel), fine-tune and evaluate through the base class.
 
-        Adds kernel accuracy in the ground truth's convention and the per-image choices to the table; saves kernels.
+        Adds kernel accuracy of the estimate and the per-image choices to the table; saves kernels.
         """
         gt = batch.get("kernel")
         if self.use_gt_kernel and gt is None:
@@ -461,10 +355,9 @@ class MoESR(SRSystem):
         for row, info in zip(rows, self._rows_info(choice, seconds), strict=True):
             row.update(info)
         if gt is not None and choice.estimated:
-            est = self.kernel_in_gt_convention(choice, gt.shape[-1])
-            self.test_kernel_metrics.update(est, gt.to(est))
-            self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=gt.shape[0])
-            self._add_columns(rows, self.test_kernel_metrics)
+            p = choice.params.to(device=self.device, dtype=torch.float64)
+            est = gaussians_like(p, gt.shape[-1], "block", self.scale).to(torch.float32)
+            self.update_kernel_metrics(est, gt, rows)
         if self.save_images and choice.estimated:
             self._save_kernels(choice, [r["name"] for r in rows], self._out_dir() / "test_images")
 

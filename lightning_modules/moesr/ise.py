@@ -16,11 +16,11 @@ does not reach it); ISE's first layer sees ``(10 (SR - up), up - 0.5)`` (``resid
 re-parametrisation of the official ``(SR, up)`` input; see ``nets.moesr.ISE``); the CPU recipe trains on the
 ``"relative"`` target (see ``target``).
 
-Validation (fixed crops and kernels): the ISE errors of all ``N`` grid kernels (``moesr_common.grid_errors``);
-``val/ise_top1`` (best-ISE grid kernel = the grid kernel nearest to the true one, against ``val/ise_top1_chance`` =
-1/N), ``val/ise_best_expert_top1``, ``val/ise_rank_corr``, ``val/ise_kernel_sae`` vs ``val/grid_kernel_sae``, and
-``val/psnr_y`` of the best-ISE expert (MoESR with ISE's choice, no KEN, no fine-tuning); see
-``FrozenStagesSystem.log_grid_validation``.
+Validation (fixed crops, ``data.init_args.val_degradations`` fixed kernels per crop): the ISE errors of all ``N``
+grid kernels (``grid_eval.grid_errors``); ``val/ise_top1`` (best-ISE grid kernel = the grid kernel nearest to the
+true one, against ``val/ise_top1_chance`` = 1/N), ``val/ise_best_expert_top1``, ``val/ise_rank_corr``,
+``val/ise_kernel_sae`` vs ``val/grid_kernel_sae``, and ``val/psnr_y`` of the best-ISE expert (MoESR with ISE's
+choice, no KEN, no fine-tuning); see ``FrozenStagesSystem.log_grid_validation``.
 """
 
 from __future__ import annotations
@@ -33,14 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.core.optim import adam_one_cycle
-from lightning_modules.moesr.grid_eval import (
-    DEFAULT_CKPTS,
-    FrozenStagesSystem,
-    batch_index,
-    grid_errors,
-    grid_outputs,
-    upsample,
-)
+from lightning_modules.moesr.frozen import FrozenStagesSystem
+from lightning_modules.moesr.grid_eval import batch_index, grid_errors, grid_outputs, upsample
+from lightning_modules.moesr.stages import DEFAULT_CKPTS
 from lightning_modules.nets.moesr import ISE, ise_target
 
 _SEED_STRIDE = 1_000_003
@@ -109,8 +104,6 @@ class MoESRISE(FrozenStagesSystem):
             flat windows, where every output is near-perfect, give ratios near 1.
         seed: Seed of the per-crop kernel subsets (combined with the rank and the global step).
         val_max_batch: Most (image, kernel) pairs per expert/ISE call in validation (memory); a runtime option.
-        val_kernels: Kernels per validation crop (the DataModule's, plus ``val_kernels - 1`` drawn per crop index);
-            a runtime option.
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -129,10 +122,9 @@ class MoESRISE(FrozenStagesSystem):
         relative_eps: float = 1e-4,
         seed: int = 0,
         val_max_batch: int | None = None,
-        val_kernels: int = 1,
         **kwargs,
     ) -> None:
-        super().__init__(experts_ckpt=experts_ckpt, val_max_batch=val_max_batch, val_kernels=val_kernels, **kwargs)
+        super().__init__(experts_ckpt=experts_ckpt, val_max_batch=val_max_batch, **kwargs)
         self.save_hyperparameters(ignore=list(self.runtime_hparams))
         if target not in ("absolute", "relative"):
             raise ValueError(f"target must be 'absolute' or 'relative', got {target!r}")
@@ -190,6 +182,5 @@ class MoESRISE(FrozenStagesSystem):
     # --------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """ISE's choice over the whole grid on the fixed validation crops (see the module docstring)."""
-        for part in self.validation_batches(batch):
-            errors, outputs = self.errors(part["lr"], return_outputs=True)
-            self.log_grid_validation(part, errors, outputs, errors.argmin(dim=1))
+        errors, outputs = self.errors(batch["lr"], return_outputs=True)
+        self.log_grid_validation(batch, errors, outputs, errors.argmin(dim=1))

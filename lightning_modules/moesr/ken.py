@@ -1,7 +1,7 @@
 """MoESR stage 3: the Kernel Estimation Network (KEN) learns kernel parameters from the grid's ISE errors (Eq. 8-9).
 
 Each step: HR crops degraded by ``MoESRKernelDegradation``; the frozen experts super-resolve every crop with every
-grid kernel (through the transforms) and the frozen ISE scores them (``moesr_common.grid_errors``, ``(B, N)``);
+grid kernel (through the transforms) and the frozen ISE scores them (``grid_eval.grid_errors``, ``(B, N)``);
 KEN maps the errors to ``(lambda1, lambda2, theta)``; the differentiable generator ``moesr_kernels`` (Eq. 9's ``K``)
 turns them into kernel pixels; the loss is the L1 distance (sum over pixels, mean over the batch: the kernel SAE)
 to the true kernel's pixels.
@@ -14,10 +14,11 @@ re-using them is the same as precomputing a training set: on a CPU budget it giv
 same (expensive) expert passes. With it, ``max_steps`` counts KEN updates (optimizer steps) and
 ``val_check_interval`` counts computed batches; the buffer is not saved in checkpoints.
 
-Validation: ``val/kernel_sae``, ``val/kernel_l2`` of KEN's kernel, against ``val/ise_kernel_sae`` (the best-ISE grid
-kernel, which KEN should beat) and ``val/grid_kernel_sae`` (the nearest grid kernel); ``val/nearest_kernel_sae`` of
-the grid kernel that Eq. 12 selects from KEN's estimate, whose expert gives ``val/psnr_y`` (MoESR without
-fine-tuning); the ISE metrics of ``FrozenStagesSystem.log_grid_validation``.
+Validation (``data.init_args.val_degradations`` fixed kernels per crop): ``val/kernel_sae``, ``val/kernel_l2`` of
+KEN's kernel, against ``val/ise_kernel_sae`` (the best-ISE grid kernel, which KEN should beat) and
+``val/grid_kernel_sae`` (the nearest grid kernel); ``val/nearest_kernel_sae`` of the grid kernel that Eq. 12 selects
+from KEN's estimate, whose expert gives ``val/psnr_y`` (MoESR without fine-tuning); the ISE metrics of
+``FrozenStagesSystem.log_grid_validation``.
 """
 
 from __future__ import annotations
@@ -27,18 +28,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from datamodules.degradation.pipelines.moesr import MoESRGrid, moesr_kernels
+from datamodules.degradation.pipelines.moesr import MoESRGrid
 from lightning_modules.core.optim import adam_one_cycle
+from lightning_modules.core.stages import freeze
 from lightning_modules.metrics import KernelSAE, make_kernel_metrics
-from lightning_modules.moesr.grid_eval import (
-    DEFAULT_CKPTS,
-    FrozenStagesSystem,
-    batch_index,
-    experts_spec,
-    freeze,
-    grid_errors,
-    load_ise,
-)
+from lightning_modules.moesr.frozen import FrozenStagesSystem
+from lightning_modules.moesr.grid_eval import batch_index, grid_errors
+from lightning_modules.moesr.kernels import ken_kernels
+from lightning_modules.moesr.stages import DEFAULT_CKPTS, experts_spec, load_ise
 from lightning_modules.nets.moesr import ISE, KEN
 
 
@@ -63,8 +60,6 @@ class MoESRKEN(FrozenStagesSystem):
             ``buffer_size`` > 0 when > 1).
         seed: Seed of the buffer minibatches.
         val_max_batch: Most (image, kernel) pairs per expert/ISE call (memory); a runtime option.
-        val_kernels: Kernels per validation crop (the DataModule's, plus ``val_kernels - 1`` drawn per crop index);
-            a runtime option.
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -82,10 +77,9 @@ class MoESRKEN(FrozenStagesSystem):
         updates_per_batch: int = 1,
         seed: int = 0,
         val_max_batch: int | None = None,
-        val_kernels: int = 1,
         **kwargs,
     ) -> None:
-        super().__init__(experts_ckpt=experts_ckpt, val_max_batch=val_max_batch, val_kernels=val_kernels, **kwargs)
+        super().__init__(experts_ckpt=experts_ckpt, val_max_batch=val_max_batch, **kwargs)
         self.save_hyperparameters(ignore=list(self.runtime_hparams))
         if updates_per_batch < 1 or buffer_size < 0 or (updates_per_batch > 1 and buffer_size == 0):
             raise ValueError(
@@ -128,7 +122,7 @@ class MoESRKEN(FrozenStagesSystem):
 
     def kernels_of(self, params: Tensor) -> Tensor:
         """``(B, 3)`` KEN output -> ``(B, k, k)`` kernels of the grid's size (Eq. 9's ``K``, differentiable)."""
-        return moesr_kernels(params[:, 0], params[:, 1], params[:, 2], self.grid.kernel_size, self.scale)
+        return ken_kernels(params, self.grid.kernel_size, self.scale)
 
     def estimate(self, lr: Tensor) -> Tensor:
         """KEN's ``(lambda1, lambda2, theta)`` ``(B, 3)`` for ``lr``."""
@@ -201,14 +195,13 @@ class MoESRKEN(FrozenStagesSystem):
     # --------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """KEN's kernel against the true one and against the best-ISE grid kernel; Eq. 12's expert for SR."""
-        for part in self.validation_batches(batch):
-            errors, outputs = self.errors(part["lr"], return_outputs=True)
-            params = self.ken(errors)
-            choice = self.grid.nearest(params)
-            kernel = part["kernel"]
-            bsz = kernel.shape[0]
-            self.val_kernel_metrics.update(self.kernels_of(params), kernel)
-            self.val_nearest_kernel_sae.update(self.grid_kernels(kernel)[choice], kernel)
-            self.log_dict(self.val_kernel_metrics, on_epoch=True, batch_size=bsz, prog_bar=True)
-            self.log("val/nearest_kernel_sae", self.val_nearest_kernel_sae, on_epoch=True, batch_size=bsz)
-            self.log_grid_validation(part, errors, outputs, choice)
+        errors, outputs = self.errors(batch["lr"], return_outputs=True)
+        params = self.ken(errors)
+        choice = self.grid.nearest(params)
+        kernel = batch["kernel"]
+        bsz = kernel.shape[0]
+        self.val_kernel_metrics.update(self.kernels_of(params), kernel)
+        self.val_nearest_kernel_sae.update(self.grid_kernels(kernel)[choice], kernel)
+        self.log_dict(self.val_kernel_metrics, on_epoch=True, batch_size=bsz, prog_bar=True)
+        self.log("val/nearest_kernel_sae", self.val_nearest_kernel_sae, on_epoch=True, batch_size=bsz)
+        self.log_grid_validation(batch, errors, outputs, choice)

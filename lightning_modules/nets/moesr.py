@@ -16,7 +16,8 @@
   ``floor((H - 49) / 8) + 1`` (``ise_output_size``; the target is cropped to it all the same).
 * ``KEN`` (Kernel Estimation Network; official ``KEN_Net``): per-sample standardisation of the ``N`` ISE errors
   ``(x - mean) / std`` (unbiased std, as ``torch.std``), then ``N -> 50 -> ReLU -> 50 -> ReLU -> 3``; outputs
-  ``lambda1, lambda2`` clamped to ``>= 0.01`` and ``theta = output * pi / 16`` (radians).
+  ``lambda1, lambda2`` clamped to ``>= 0.01`` and ``theta = output * pi / 16`` (radians); ``ken_params`` names the
+  three columns (the one place that knows their order).
 
 Parameter counts (tests): one 12-layer, 64-channel expert stage 372,803; ISE 1,594,241; KEN (85 inputs) 7,003.
 """
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from lightning_modules.nets.vdsr import ChainedVDSR
 
 THETA_UNIT = math.pi / 16
+KEN_PARAMS = ("lambda1", "lambda2", "theta")  # the columns of KEN's output, in order
 ISE_STRIDES = (1, 2, 2, 2, 1, 1)
 ISE_RECEPTIVE_FIELD = 49
 ISE_OUTPUT_STRIDE = 8
@@ -309,3 +311,16 @@ class KEN(nn.Module):
         out = self.net(self.standardise(errors))
         lam = out[:, :2].clamp(min=self.min_lambda)
         return torch.cat([lam, out[:, 2:] * THETA_UNIT], dim=1)
+
+
+def ken_params(out: Tensor) -> dict[str, Tensor]:
+    """Name the columns of a ``(B, 3)`` KEN output (or any MoESR parameter triple in its order).
+
+    Returns:
+        ``{"lambda1", "lambda2", "theta"}``, each ``(B,)`` (views of ``out``): the covariance eigenvalues
+        (variances, ``lambda1 >= lambda2`` for the kernel generator) and the angle in radians; the keys of
+        ``MoESRKernelDegradation``'s parameters.
+    """
+    if out.dim() != 2 or out.shape[1] != len(KEN_PARAMS):
+        raise ValueError(f"KEN parameters must be (B, 3) (lambda1, lambda2, theta), got {tuple(out.shape)}")
+    return dict(zip(KEN_PARAMS, out.unbind(dim=1), strict=True))

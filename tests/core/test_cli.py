@@ -33,7 +33,13 @@ def test_stage_config_instantiates(config, tmp_path):
 
 @pytest.mark.parametrize("piece", PIECES, ids=lambda p: str(p.relative_to(REPO)))
 def test_config_piece_composes_onto_baseline(piece, tmp_path):
-    args = ["-c", str(REPO / "configs/baselines/single_net.yaml"), "-c", str(piece), f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "-c",
+        str(REPO / "configs/baselines/single_net.yaml"),
+        "-c",
+        str(piece),
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     cli = run([*args, "--trainer.logger=false"], run=False)
     assert cli.model.scale == cli.datamodule.scale == cli.datamodule.degradation.scale
 
@@ -120,8 +126,8 @@ def test_missing_or_mismatched_checkpoint_stops_with_message(tmp_path):
 def test_wandb_is_default_logger_offline_and_grouped(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cli = run(["-c", str(REPO / "configs/baselines/single_net.yaml"), *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}"],
-              run=False)  # fmt: skip
+    config = str(REPO / "configs/baselines/single_net.yaml")
+    cli = run(["-c", config, *TINY, f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False)
     logger = cli.trainer.logger
     assert type(logger).__name__ == "WandbLogger"
     assert logger.experiment.group == "baselines"
@@ -146,8 +152,9 @@ def test_two_process_ddp_gives_the_same_validation_psnr(tmp_path):
 
 def table_of(tmp_path, tiny_div2krk, devices: int) -> list[dict]:
     out = tmp_path / f"out{devices}"
-    run(["test", "-c", str(REPO / "configs/baselines/bicubic.yaml"), *SMOKE, f"--data.init_args.test_set={tiny_div2krk}",
-         "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
+    run(["test", "-c", str(REPO / "configs/baselines/bicubic.yaml"), *SMOKE,
+         f"--data.init_args.test_set={tiny_div2krk}", "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
+         f"--trainer.devices={devices}",
          f"--trainer.strategy={'ddp_fork' if devices > 1 else 'auto'}", f"--model.init_args.output_dir={out}",
          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     return list(csv.DictReader((out / "test_results.csv").open()))
@@ -170,8 +177,9 @@ def test_plain_ddp_fit_in_subprocess(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "main.py", "fit", "-c", "configs/baselines/single_net.yaml", *SMOKE, *TINY, "--trainer.accelerator=cpu",
-           "--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    cmd = [sys.executable, "main.py", "fit", "-c", "configs/baselines/single_net.yaml", *SMOKE, *TINY,
+           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+           f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max_steps=4` reached" in proc.stderr + proc.stdout

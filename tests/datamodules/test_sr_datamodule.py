@@ -192,6 +192,25 @@ def test_validation_fixed_across_epochs_and_batch_sizes(hr_dir):
         assert torch.equal(k1[i], k3[i])
 
 
+def test_val_degradations_repeat_each_crop_with_its_own_fixed_degradation(hr_dir):
+    model = Recorder()
+    _trainer().validate(model, datamodule=_dm(hr_dir, val_degradations=3, val_batch_size=4))
+    lr, hr, kernels = (_per_index(model.val_epochs[-1], key) for key in ("lr", "hr", "kernel"))
+    assert sorted(lr) == list(range(15))  # 5 crops x 3 degradations
+    for i in range(5):
+        for r in (1, 2):
+            assert torch.equal(hr[i], hr[i + 5 * r]), "a repeat must be the same HR crop"
+            assert not torch.allclose(kernels[i], kernels[i + 5 * r]), "each repeat has its own degradation"
+    # the first repeat is the validation set of val_degradations=1
+    single = Recorder()
+    _trainer().validate(single, datamodule=_dm(hr_dir, val_batch_size=4))
+    one = _per_index(single.val_epochs[-1])
+    for i in range(5):
+        assert torch.equal(one[i], lr[i])
+    with pytest.raises(ValueError, match="val_degradations"):
+        _dm(hr_dir, val_degradations=0)
+
+
 def test_validation_seed_changes_degradations(hr_dir):
     batch = _hr_batch(5, 20)
     outs = []

@@ -12,26 +12,23 @@ import torch
 import yaml
 from PIL import Image
 
-from datamodules.degradation.ops import resize
+from callbacks.posterior_pca import pca_project
+from datamodules.degradation.ops import resize, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
 from datamodules.degradation.pipelines import mixture as mdeg
+from datamodules.generate import write_mixture_set
 from datamodules.images import builtin_photo_paths
 from datamodules.io import load_rgb
-from datamodules.test_sets import open_benchmark
 from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
-from lightning_modules.mixture.enet_pretrain import ENetPretrain
-from lightning_modules.mixture.joint import (
-    MixtureSR,
+from lightning_modules.mixture.elbo import (
     branch_errors,
     expected_reconstruction,
     hard_mixture,
     kl_categorical,
-    pca_project,
-    rgb_to_y,
-    rgb_to_ycbcr,
     soft_mixture,
-    ycbcr_to_rgb,
 )
+from lightning_modules.mixture.enet_pretrain import ENetPretrain
+from lightning_modules.mixture.joint import MixtureSR
 from lightning_modules.nets.mixture import ENet, KernelClassifierHead, MixtureBranches
 from tests.conftest import REPO
 
@@ -373,8 +370,8 @@ def enet_ckpt(tmp_path_factory):
     ckpt_cfg.write_text(yaml.safe_dump({"trainer": {"enable_checkpointing": True, "callbacks": [
         {"class_path": "callbacks.checkpoint.StageCheckpoint",
          "init_args": {"dirpath": str(tmp / "enet_x{scale}")}}]}}))  # fmt: skip
-    cli = cli_main(["fit", "-c", str(REPO / "configs/mixture/enet_pretrain.yaml"), *SMOKE, "-c", str(ckpt_cfg), *TINY_DATA,
-                    f"--model.init_args.enet_channels=[{','.join(map(str, TINY_ENET))}]",
+    cli = cli_main(["fit", "-c", str(REPO / "configs/mixture/enet_pretrain.yaml"), *SMOKE, "-c", str(ckpt_cfg),
+                    *TINY_DATA, f"--model.init_args.enet_channels=[{','.join(map(str, TINY_ENET))}]",
                     "--model.init_args.num_states=2", f"--trainer.default_root_dir={tmp}",
                     f"--data.init_args.degradation.init_args.split_file={tmp / 'split.json'}"])  # fmt: skip
     assert cli.trainer.global_step == 4 and (tmp / "split.json").is_file()
@@ -386,7 +383,7 @@ def test_mixture_fit_and_test_through_the_cli_with_pca_plot(enet_ckpt, tiny_test
     cli = cli_main(["fit", "-c", str(REPO / "configs/mixture/joint.yaml"), *SMOKE, *TINY_DATA, *TINY_MIXTURE,
                     f"--model.init_args.enet_ckpt={enet_ckpt}", f"--trainer.default_root_dir={tmp_path}",
                     f"--data.init_args.degradation.init_args.split_file={enet_ckpt.parent.parent / 'split.json'}",
-                    "--trainer.callbacks+=lightning_modules.mixture.joint.PosteriorPCALogger"])  # fmt: skip
+                    "--trainer.callbacks+=callbacks.posterior_pca.PosteriorPCALogger"])  # fmt: skip
     model = cli.model
     assert cli.trainer.global_step == 4 and cli.trainer.gradient_clip_val == 0.6
     assert cli.trainer.gradient_clip_algorithm == "value"
@@ -426,10 +423,24 @@ def test_missing_enet_checkpoint_names_the_file_and_the_pretraining_command(tmp_
         model2.load_pretrained_enet(str(fake_enet_checkpoint(tmp_path / "n.ckpt", input_norm=True)))
 
 
-@pytest.mark.parametrize("stage", ["enet_pretrain", "mixture"])
+def test_enet_checkpoint_of_another_scale_or_stage_is_refused(tmp_path):
+    model = tiny_mixture("no_pretrain")
+    x4 = fake_enet_checkpoint(tmp_path / "x4.ckpt")
+    ckpt = torch.load(x4, weights_only=True)
+    ckpt["hyper_parameters"]["scale"] = 4
+    torch.save(ckpt, x4)
+    with pytest.raises(CheckpointError, match=rf"(?s)x4 but the model is x2.*{PRETRAIN_COMMAND}"):
+        model.load_pretrained_enet(str(x4))
+    del ckpt["hyper_parameters"]["input_norm"]  # e.g. a joint-stage checkpoint (it has enet.* weights too)
+    torch.save(ckpt, x4)
+    with pytest.raises(CheckpointError, match=rf"(?s)no hyper-parameters \['input_norm'\].*{PRETRAIN_COMMAND}"):
+        model.load_pretrained_enet(str(x4))
+
+
+@pytest.mark.parametrize("stage", ["enet_pretrain", "joint"])
 def test_stage_configs_instantiate_alone_and_with_the_cpu_piece(stage, tmp_path):
     for extra in ([], ["-c", str(REPO / "configs/mixture/cpu/budget.yaml")]):
-        cli = cli_main(["-c", str(REPO / f"configs/{stage}.yaml"), *extra, "--trainer.logger=false",
+        cli = cli_main(["-c", str(REPO / f"configs/mixture/{stage}.yaml"), *extra, "--trainer.logger=false",
                         f"--trainer.default_root_dir={tmp_path}"], run=False)  # fmt: skip
         assert cli.model.scale == cli.datamodule.scale == cli.datamodule.degradation.scale == 2
         assert cli.datamodule.degradation.num_kernels == 29
@@ -438,41 +449,13 @@ def test_stage_configs_instantiate_alone_and_with_the_cpu_piece(stage, tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_test_set(tmp_path_factory):
-    """One 40x40 crop of a built-in photo x the 23 unseen kernels, written by ``write_test_set``."""
+    """One 40x40 crop of a built-in photo x the 23 unseen kernels, written by ``write_mixture_set``."""
     tmp = tmp_path_factory.mktemp("mixture_set")
     (tmp / "hr").mkdir()
     crop = load_rgb(builtin_photo_paths()[1])[100:141, 100:141]  # 41 px: mod-cropped to 40
     Image.fromarray(np.ascontiguousarray(crop)).save(tmp / "hr" / "cat.png")
-    assert mdeg.write_test_set(tmp / "hr", tmp / "set", scale=2, kernels="unseen") == 23
+    assert write_mixture_set(tmp / "hr", tmp / "set", scale=2, kernels="unseen") == 23
     return tmp / "set"
-
-
-def test_written_test_set_reads_as_a_benchmark_and_regenerates(tiny_test_set):
-    data = open_benchmark(tiny_test_set, 2)
-    assert len(data) == 23
-    split = mdeg.make_split(0)
-    assert sorted(int(n.rsplit("_k", 1)[1]) for n in data.names) == list(split.unseen)
-    item = data[0]
-    assert item["lr"].shape == (3, 20, 20) and item["hr"].shape == (3, 40, 40)
-    kid = int(item["name"].rsplit("_k", 1)[1])
-    hr = item["hr"][None].float() / 255
-    regenerated = mdeg.MixtureDegradation(2).degrade(hr, mdeg.mixture_kernels([kid]))
-    assert bool(((regenerated[0] * 255).round().byte() == item["lr"]).all())
-    torch.testing.assert_close(item["kernel"], mdeg.mixture_kernels([kid])[0])
-
-
-def test_test_set_subset_cycles_through_the_kernels(tmp_path):
-    crop = load_rgb(builtin_photo_paths()[1])[100:124, 100:124]
-    (tmp_path / "hr").mkdir()
-    for i in range(3):
-        Image.fromarray(np.ascontiguousarray(crop)).save(tmp_path / "hr" / f"im{i}.png")
-    n = mdeg.write_test_set(tmp_path / "hr", tmp_path / "set", kernels="unseen", kernels_per_image=10, max_images=3)
-    assert n == 30
-    names = sorted(p.stem for p in (tmp_path / "set" / "LR").iterdir())
-    unseen = list(mdeg.make_split(0).unseen)
-    im1 = sorted(int(n.rsplit("_k", 1)[1]) for n in names if n.startswith("im1_"))
-    assert im1 == sorted(unseen[(10 + j) % 23] for j in range(10))
-    assert {int(n.rsplit("_k", 1)[1]) for n in names} == set(unseen)  # 30 draws cover all 23 kernels
 
 
 # ------------------------------------------------------------------------------------------ it learns

@@ -8,16 +8,8 @@ import torch.nn.functional as F
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import gaussian_kernels, shift_kernel
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr.finetune import (
-    FinetuneObjective,
-    can_finetune,
-    centre_crop,
-    crop_probability,
-    downscale_valid,
-    finetune,
-    flat_region_mask,
-    gradient_map,
-)
+from lightning_modules.moesr.crops import can_finetune, crop_probability, gradient_map
+from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, downscale_valid, finetune, flat_region_mask
 from lightning_modules.nets.vdsr import ChainedVDSR
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is much faster

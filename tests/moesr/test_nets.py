@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.nets.moesr import ISE, KEN, ExpertBank, ise_output_size, ise_target
+from lightning_modules.nets.moesr import ISE, KEN, ExpertBank, ise_output_size, ise_target, ken_params
 from lightning_modules.nets.vdsr import ChainedVDSR
 
 
@@ -176,3 +176,13 @@ def test_ken_standardisation_clamp_and_theta_units():
     # init_lambda starts every output inside the clamp's live range (default init: some below 0.01, no gradient)
     centred = KEN(27, 16, init_lambda=2.5)(torch.rand(64, 27))
     assert float(centred[:, :2].min()) > 1.0 and float((centred[:, 2] - math.pi / 2).abs().max()) < 0.5
+
+
+def test_ken_params_names_the_columns_of_kens_output():
+    out = KEN(27, 16)(torch.rand(4, 27))
+    named = ken_params(out)
+    assert list(named) == ["lambda1", "lambda2", "theta"]
+    for i, values in enumerate(named.values()):
+        assert torch.equal(values, out[:, i])
+    with pytest.raises(ValueError, match="lambda1, lambda2, theta"):
+        ken_params(torch.rand(4, 2))

@@ -4,28 +4,28 @@ import pytest
 import torch
 import yaml
 
-from datamodules.degradation.pipelines.moesr import MoESRGrid, MoESRKernelDegradation, apply_transform, invert_transform
+from datamodules.degradation.pipelines.moesr import (
+    GridDegradation,
+    MoESRGrid,
+    MoESRKernelDegradation,
+    apply_transform,
+    invert_transform,
+)
 from datamodules.images import builtin_photo_paths
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
 from lightning_modules.metrics import psnr_y
-from lightning_modules.moesr.grid_eval import (
-    degrade,
-    diagonal_wins,
-    grid_errors,
-    grid_outputs,
-    ise_errors,
-    load_experts,
-    load_ise,
-    load_ken,
-    rank_correlation,
-    specialisation_matrix,
-    train_experts_on_kernels,
-    upsample,
-)
+from lightning_modules.moesr.grid_eval import grid_errors, grid_outputs, ise_errors, rank_correlation, upsample
 from lightning_modules.moesr.ise import MoESRISE, ise_labels
 from lightning_modules.moesr.ken import MoESRKEN
+from lightning_modules.moesr.specialisation import (
+    degrade,
+    diagonal_wins,
+    specialisation_matrix,
+    train_experts_on_kernels,
+)
+from lightning_modules.moesr.stages import check_data_kernels, load_experts, load_ise, load_ken
 from lightning_modules.nets.moesr import ISE, ExpertBank, ise_target
 from tests.conftest import REPO
 
@@ -160,8 +160,7 @@ def test_three_stages_chain_through_checkpoints(tmp_path, one_thread):
     experts = str(tmp_path / "experts_x{scale}" / "last.ckpt")
     ise = str(tmp_path / "ise_x{scale}" / "last.ckpt")
     cli_main(["fit", "-c", str(REPO / "configs/moesr/experts.yaml"), *SMOKE, *_ckpt_config(tmp_path, "experts"),
-              *DATA, root, f"--model.init_args.lambdas={SMALL}",
-              f"--data.init_args.degradation.init_args.lambdas={SMALL}",
+              *DATA, root, f"--model.init_args.lambdas={SMALL}",  # stated once: the CLI passes them to the data
               "--model.init_args.num_layers=3", "--model.init_args.channels=4",
               "--model.init_args.expert_chunk=4", "--data.init_args.patch_size=12"])  # fmt: skip
     ck = torch.load(experts.format(scale=2), weights_only=True)
@@ -199,9 +198,25 @@ def test_three_stages_chain_through_checkpoints(tmp_path, one_thread):
                 "--model.init_args.hidden=8", f"--ckpt_path={ken_path}", "--trainer.limit_val_batches=1"]  # fmt: skip
     cli = cli_main(validate)
     one = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    cli = cli_main([*validate, "--model.init_args.val_kernels=3"])
+    # every crop 3 times (repeat 0 keeps the kernels above): all 3 batches of 9 crops
+    cli = cli_main([*validate, "--data.init_args.val_degradations=3", "--trainer.limit_val_batches=3"])
     three = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert "val/kernel_sae" in one and three["val/grid_kernel_sae"] != one["val/grid_kernel_sae"]  # more kernels
+
+
+def test_lambdas_are_stated_once_and_the_data_kernels_are_checked_against_the_grid(tmp_path):
+    cpu = ["-c", str(REPO / "configs/moesr/experts.yaml"), "-c", str(REPO / "configs/moesr/cpu/experts.yaml")]
+    cli = cli_main([*cpu, "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert cli.model.grid == cli.datamodule.degradation.grid == MoESRGrid(2, SMALL)  # the model's lambdas only
+    grid = MoESRGrid(2, SMALL)
+    check_data_kernels(GridDegradation(2, SMALL), grid, GridDegradation, "MoESRExperts")
+    check_data_kernels(MoESRKernelDegradation(2), grid, MoESRKernelDegradation, "MoESRISE")  # same range: fits
+    with pytest.raises(ValueError, match="differs from the model's"):
+        check_data_kernels(GridDegradation(2), grid, GridDegradation, "MoESRExperts")
+    with pytest.raises(ValueError, match="do not fit the experts'"):
+        check_data_kernels(MoESRKernelDegradation(2, [1.0, 2.0]), grid, MoESRKernelDegradation, "MoESRKEN")
+    with pytest.raises(ValueError, match="MoESRISE trains on MoESR kernels.*MoESRKernelDegradation"):
+        check_data_kernels(GridDegradation(2, SMALL), grid, MoESRKernelDegradation, "MoESRISE")
 
 
 def test_missing_checkpoints_stop_with_the_command(tmp_path):
@@ -210,11 +225,11 @@ def test_missing_checkpoints_stop_with_the_command(tmp_path):
     with pytest.raises(CheckpointError, match=message):
         model.load_frozen()
     x4 = MoESRKEN(experts_ckpt=str(tmp_path / "e.ckpt"), scale=4)
-    with pytest.raises(CheckpointError, match=r"moesr_experts.yaml --data.init_args.scale 4"):
+    with pytest.raises(CheckpointError, match=r"configs/moesr/experts.yaml --data.init_args.scale 4"):
         x4.load_frozen()
     assert x4.ken is None  # built later, from the experts' grid
     # through the CLI: fit stops at set-up with the message (the default path is checked, {scale} filled in)
-    with pytest.raises(CheckpointError, match=r"(?s)missing_x2/last.ckpt does not exist.*moesr_experts.yaml"):
+    with pytest.raises(CheckpointError, match=r"(?s)missing_x2/last.ckpt does not exist.*configs/moesr/experts.yaml"):
         cli_main(["fit", "-c", str(REPO / "configs/moesr/ise.yaml"), *SMOKE, *DATA,
                   f"--trainer.default_root_dir={tmp_path}",
                   f"--model.init_args.experts_ckpt={tmp_path}/missing_x{{scale}}/last.ckpt"])  # fmt: skip
@@ -281,7 +296,7 @@ def test_five_experts_specialise(one_thread):
 
 def test_estimation_benchmark_reports_choices_against_their_bounds(one_thread):
     from benchmarks.moesr_estimation import evaluate, summarise
-    from lightning_modules.moesr.grid_eval import MoESRStages
+    from lightning_modules.moesr.stages import MoESRStages
     from lightning_modules.nets.moesr import KEN
 
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
-"""Write DIV2KRK-protocol test sets from any folder of HR images (BSD100 -> "BSD100RK", Urban100 -> "Urban100RK").
+"""The DIV2KRK-protocol writer: any folder of HR images -> a DIV2KRK-layout set (BSD100 -> "BSD100RK", ...).
 
-Usage::
+Usage (``--protocol div2krk`` is the default)::
 
     python -m datamodules.generate --hr /path/BSD100 --out /path/BSD100RK --scales 2 4 --seed 0
 
@@ -32,11 +32,9 @@ holds a fixed text instead of scipy's time stamp).
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,113 +45,18 @@ import torch
 from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.degradation.samplers import DIV2KRKKernelSampler
+from datamodules.generate.common import crop_to_multiple, prepare_out, save_lr_png
 from datamodules.images import find_images
 from datamodules.io import ImageReadError, load_rgb, save_kernel_mat, save_png, to_tensor
 
-_OWN_FILES = re.compile(r"^(?:im_\d+\.png|kernel_\d+\.mat)$")
-
-EPILOG = """\
-protocol (DIV2KRK, KernelGAN NeurIPS 2019; MoESR's BSD100RK / Urban100RK):
-  image N (sorted order, numbered from 1) draws one x2 kernel from a torch.Generator seeded
-  from (seed, N): an anisotropic Gaussian with variances lambda1, lambda2 ~ U(lambda-min,
-  lambda-max), theta ~ U(0, pi), multiplicative noise U(-n, n) per pixel with n ~
-  U(0, max-kernel-noise), centred on the block centre. x4 = the same x2 kernel applied twice
-  (3k-2 = 31 px for k = 11). HR is cropped top-left to a multiple of lcm(scales); LR = HR
-  correlated with the kernel (reflect border), every s-th pixel from 0, rounded to 8 bit.
-
-kernel files (read them like DIV2KRK's):
-  gt_k_x{s}/kernel_N.mat holds
-    Kernel              the kernel centred on the MIDDLE pixel (shifted by -0.5*(s-1) px), the
-                        way the DIV2KRK release stores its kernels, although its LR images were
-                        made with the block-centred kernel; datamodules.test_sets.
-                        div2krk_kernel_to_block_centre shifts it back (up to a slight blur)
-    KernelBlockCentred  the exact kernel that made lr_x{s}/im_N.png
-
-output:
-  OUT/gt/im_N.png  OUT/lr_x{s}/im_N.png  OUT/gt_k_x{s}/kernel_N.mat  OUT/README.txt
-  The same arguments give byte-identical files; a different seed gives different kernels.
-
-example:
-  python -m datamodules.generate --hr data/test/BSD100 --out data/test/BSD100RK --scales 2 4 --seed 0
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``python -m datamodules.generate``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m datamodules.generate",
-        description="Write a DIV2KRK-protocol test set (random anisotropic Gaussian kernels, x2 and x4)\n"
-        "from a folder of HR images, in DIV2KRK's layout (readable by datamodules.test_sets.DIV2KRKDataset).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--hr",
-        required=True,
-        nargs="+",
-        metavar="DIR",
-        help="HR image folder(s) (searched recursively), image files, or 'builtin'",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    parser.add_argument(
-        "--scales", type=int, nargs="+", default=[2, 4], choices=[2, 4], help="scale factors to write (default: 2 4)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="non-negative base seed (default: 0)")
-    parser.add_argument(
-        "--kernel-size",
-        type=int,
-        default=11,
-        help="odd side of the x2 kernel; x4 kernels are 3k-2 (default: 11, as DIV2KRK)",
-    )
-    parser.add_argument(
-        "--lambda-min", type=float, default=0.6, help="smallest covariance eigenvalue (variance, px^2) (default: 0.6)"
-    )
-    parser.add_argument(
-        "--lambda-max", type=float, default=5.0, help="largest covariance eigenvalue (variance, px^2) (default: 5)"
-    )
-    parser.add_argument(
-        "--max-kernel-noise",
-        type=float,
-        default=0.25,
-        help="upper bound of the multiplicative kernel-noise level (default: 0.25)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="only the first N images in sorted order (the same files as in a full run)",
-    )
-    parser.add_argument(
-        "--device",
-        default="cpu",
-        help="device for blurring, e.g. cuda (kernels are always drawn on the CPU) (default: cpu)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the im_N.png / kernel_N.mat / README.txt files of an earlier run in --out",
-    )
-    return parser
+OWN_FILES = re.compile(r"^(?:im_\d+\.png|kernel_\d+\.mat)$")
+"""Names of the files a run writes in ``gt/``, ``lr_x{s}/`` and ``gt_k_x{s}/`` (``--overwrite`` deletes only these)."""
 
 
 def image_generator(seed: int, index: int) -> torch.Generator:
     """The CPU ``torch.Generator`` of image ``index`` (1-based), seeded from ``(seed, index)`` via ``SeedSequence``."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device="cpu").manual_seed(int(state % (2**63)))
-
-
-def _prepare_out(out: Path, scales: Sequence[int], overwrite: bool) -> None:
-    folders = [out / "gt"] + [out / f"lr_x{s}" for s in scales] + [out / f"gt_k_x{s}" for s in scales]
-    own = [p for f in folders if f.is_dir() for p in f.iterdir() if _OWN_FILES.match(p.name)]
-    if (out / "README.txt").is_file():
-        own.append(out / "README.txt")
-    if own and not overwrite:
-        raise FileExistsError(f"{out} already holds a generated set (e.g. {own[0]}); pass --overwrite to replace it")
-    for path in own:
-        path.unlink()
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
 
 
 def generate(
@@ -219,7 +122,8 @@ def generate(
             raise ValueError(f"x{s}: expected decimation from pixel 0, the pipeline aligns at phase {deg.phase}")
     multiple = math.lcm(*scales)
     min_side = max(multiple, *(sampler.kernel_size(s) for s in scales))
-    _prepare_out(out, scales, overwrite)
+    owned = {name: OWN_FILES for name in ["gt"] + [f"lr_x{s}" for s in scales] + [f"gt_k_x{s}" for s in scales]}
+    prepare_out(out, owned, ("README.txt",), overwrite)
     total = len(paths)
     sources: list[str] = []
     start = time.perf_counter()
@@ -227,28 +131,27 @@ def generate(
     with torch.no_grad():
         for n, path in enumerate(paths, start=1):
             arr = load_rgb(path)
-            h, w = (arr.shape[0] // multiple) * multiple, (arr.shape[1] // multiple) * multiple
+            hr8 = crop_to_multiple(arr, multiple)
+            h, w = hr8.shape[:2]
             if min(h, w) < min_side:
                 raise ImageReadError(
                     f"image {path} is {arr.shape[1]}x{arr.shape[0]} px; the protocol needs at least {min_side} px "
                     f"after cropping to a multiple of {multiple}"
                 )
-            arr = np.ascontiguousarray(arr[:h, :w])
             params = sampler.sample(1, image_generator(seed, n), "cpu")
-            hr_float = to_tensor(arr)[None].to(device=dev, dtype=torch.float32) / 255
-            save_png(arr, out / "gt" / f"im_{n}.png")
+            hr_float = to_tensor(hr8)[None].to(device=dev, dtype=torch.float32) / 255
+            save_png(hr8, out / "gt" / f"im_{n}.png")
             sizes = []
             for s, deg in degradations.items():
                 result = deg.apply(hr_float, {k: v.to(dev) for k, v in params.items()})
-                lr = (result["lr"][0] * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-                save_png(lr.permute(1, 2, 0).numpy(), out / f"lr_x{s}" / f"im_{n}.png")
+                lr = save_lr_png(result["lr"][0], out / f"lr_x{s}" / f"im_{n}.png")
                 exact = result["kernel"].detach().to("cpu", torch.float64)
                 stored = block_centre_to_div2krk_kernel(exact, s)
                 save_kernel_mat(
                     out / f"gt_k_x{s}" / f"kernel_{n}.mat",
                     {"Kernel": stored[0].numpy(), "KernelBlockCentred": exact[0].numpy()},
                 )
-                sizes.append(f"x{s} {lr.shape[2]}x{lr.shape[1]} k{exact.shape[-1]}")
+                sizes.append(f"x{s} {lr.shape[1]}x{lr.shape[0]} k{exact.shape[-1]}")
             sources.append(f"im_{n}\t{path}\t{w}x{h}")
             print(f"{n}/{total} {path.name} -> im_{n} (HR {w}x{h}; {', '.join(sizes)})", flush=True)
     _write_readme(out, hr, scales, seed, kernel_size, lambda_range, max_kernel_noise, limit, command, sources)
@@ -321,24 +224,3 @@ def _write_readme(
         ]
     )
     (out / "README.txt").write_text(text, encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0, or 2 with a message on stderr for a bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    raw = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m datamodules.generate " + shlex.join(raw)
-    try:
-        generate(
-            args.hr, args.out, args.scales, args.seed, args.kernel_size, (args.lambda_min, args.lambda_max),
-            args.max_kernel_noise, args.limit, args.device, args.overwrite, command,
-        )  # fmt: skip
-    except (FileNotFoundError, FileExistsError, ImageReadError, ValueError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

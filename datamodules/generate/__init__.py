@@ -1,0 +1,15 @@
+"""Every test-set writer, one command line: ``python -m datamodules.generate --protocol {div2krk,mixture} ...``.
+
+* ``div2krk`` (default): DIV2KRK-protocol sets from any HR folder (random anisotropic Gaussians, x2 and x4,
+  DIV2KRK's layout and ``.mat`` convention): ``generate``.
+* ``mixture``: Wang et al. 2020's sets, every HR image x every seen or unseen kernel, "paired" layout:
+  ``write_mixture_set``.
+* ``common``: the output folder (an earlier run is refused unless ``--overwrite``), the HR crop, the 8-bit LR PNG;
+  ``cli``: ``build_parser`` and ``main``.
+"""
+
+from datamodules.generate.cli import build_parser as build_parser
+from datamodules.generate.cli import main as main
+from datamodules.generate.div2krk import generate as generate
+from datamodules.generate.div2krk import image_generator as image_generator
+from datamodules.generate.mixture import write_mixture_set as write_mixture_set

@@ -1,0 +1,181 @@
+"""``python -m datamodules.generate``: one command line for every test-set writer, chosen by ``--protocol``.
+
+``--hr``, ``--out``, ``--limit`` / ``--max-images`` and ``--overwrite`` are shared; the other options belong to one
+protocol and are refused with the other (their defaults are applied after parsing, so a given option is detectable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from datamodules.generate.div2krk import generate
+from datamodules.generate.mixture import write_mixture_set
+from datamodules.io import ImageReadError
+
+PROG = "python -m datamodules.generate"
+DIV2KRK_DEFAULTS = {
+    "scales": [2, 4], "seed": 0, "kernel_size": 11, "lambda_min": 0.6, "lambda_max": 5.0, "max_kernel_noise": 0.25,
+    "device": "cpu",
+}  # fmt: skip
+MIXTURE_DEFAULTS = {
+    "scale": 2, "kernels": "unseen", "split_seed": 0, "split_file": "checkpoints/mixture/kernel_split.json",
+    "kernels_per_image": None,
+}  # fmt: skip
+DEFAULTS = {"div2krk": DIV2KRK_DEFAULTS, "mixture": MIXTURE_DEFAULTS}
+
+EPILOG = """\
+protocol div2krk (the default; DIV2KRK, KernelGAN NeurIPS 2019; MoESR's BSD100RK / Urban100RK):
+  image N (sorted order, numbered from 1) draws one x2 kernel from a torch.Generator seeded
+  from (seed, N): an anisotropic Gaussian with variances lambda1, lambda2 ~ U(lambda-min,
+  lambda-max), theta ~ U(0, pi), multiplicative noise U(-n, n) per pixel with n ~
+  U(0, max-kernel-noise), centred on the block centre. x4 = the same x2 kernel applied twice
+  (3k-2 = 31 px for k = 11). HR is cropped top-left to a multiple of lcm(scales); LR = HR
+  correlated with the kernel (reflect border), every s-th pixel from 0, rounded to 8 bit.
+
+  kernel files (read them like DIV2KRK's): gt_k_x{s}/kernel_N.mat holds
+    Kernel              the kernel centred on the MIDDLE pixel (shifted by -0.5*(s-1) px), the
+                        way the DIV2KRK release stores its kernels, although its LR images were
+                        made with the block-centred kernel; datamodules.degradation.kernels.
+                        div2krk_kernel_to_block_centre shifts it back (up to a slight blur)
+    KernelBlockCentred  the exact kernel that made lr_x{s}/im_N.png
+
+  output: OUT/gt/im_N.png  OUT/lr_x{s}/im_N.png  OUT/gt_k_x{s}/kernel_N.mat  OUT/README.txt
+  The same arguments give byte-identical files; a different seed gives different kernels.
+
+protocol mixture (variational mixture of networks, Wang et al., Pattern Recognition 2020):
+  every HR image (directly in the one --hr folder, sorted) is cropped top-left to a multiple
+  of --scale and degraded by every kernel of the --kernels group: 11x11 Gaussians centred on
+  the middle pixel (datamodules.degradation.kernels.mixture: 52 distinct kernels, split into
+  29 seen and 23 unseen by --split-seed, or as stored in --split-file if that file exists),
+  correlated with a symmetric border, every s-th pixel from s//2 (the official code's PIL
+  NEAREST), rounded to 8 bit. --kernels-per-image n gives image i only the kernels at
+  positions (i*n + j) mod K, j < n, of the group, so consecutive images cycle through all K.
+
+  output ("paired" layout, read by datamodules.test_sets.open_benchmark): OUT/HR_full/<stem>.png,
+  OUT/HR/<stem>_k<id>.png (hard links), OUT/LR/<stem>_k<id>.png, OUT/kernels/<stem>_k<id>.mat
+  ('Kernel', as applied) and OUT/split.json; <id> is the kernel's global id (0..51).
+
+examples:
+  python -m datamodules.generate --hr data/test/BSD100 --out data/test/BSD100RK --scales 2 4 --seed 0
+  python -m datamodules.generate --protocol mixture --hr data/test/Set5 --out data_local/mixture/Set5_unseen_x2 \\
+      --scale 2 --kernels unseen
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m datamodules.generate`` (both protocols)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Write a test set from a folder of HR images. --protocol div2krk (default): random anisotropic\n"
+        "Gaussian kernels, x2 and x4, in DIV2KRK's layout (read by datamodules.test_sets.DIV2KRKDataset).\n"
+        "--protocol mixture: every image x every seen or unseen kernel of Wang et al. 2020, paired layout.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d, m = DIV2KRK_DEFAULTS, MIXTURE_DEFAULTS
+    common = parser.add_argument_group("both protocols")
+    common.add_argument(
+        "--protocol", choices=sorted(DEFAULTS), default="div2krk", help="which test set to write (default: div2krk)"
+    )
+    common.add_argument(
+        "--hr", required=True, nargs="+", metavar="DIR",
+        help="div2krk: HR image folder(s) (searched recursively), image files, or 'builtin'; "
+        "mixture: one folder of HR images (not searched recursively)",
+    )  # fmt: skip
+    common.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    common.add_argument(
+        "--limit", "--max-images", type=int, default=None, metavar="N",
+        help="only the first N images in sorted order (the same files as in a full run) (default: all)",
+    )  # fmt: skip
+    common.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the files of an earlier run in --out (only those; without it, such a folder is refused)",
+    )  # fmt: skip
+    rk = parser.add_argument_group("--protocol div2krk only")
+    rk.add_argument(
+        "--scales",
+        type=int,
+        nargs="+",
+        choices=[2, 4],
+        help=f"scale factors to write (default: {' '.join(map(str, d['scales']))})",
+    )
+    rk.add_argument("--seed", type=int, help=f"non-negative base seed (default: {d['seed']})")
+    rk.add_argument(
+        "--kernel-size", type=int,
+        help=f"odd side of the x2 kernel; x4 kernels are 3k-2 (default: {d['kernel_size']}, as DIV2KRK)",
+    )  # fmt: skip
+    rk.add_argument(
+        "--lambda-min", type=float,
+        help=f"smallest covariance eigenvalue (variance, px^2) (default: {d['lambda_min']})",
+    )  # fmt: skip
+    rk.add_argument(
+        "--lambda-max",
+        type=float,
+        help=f"largest covariance eigenvalue (variance, px^2) (default: {d['lambda_max']:g})",
+    )
+    rk.add_argument(
+        "--max-kernel-noise", type=float,
+        help=f"upper bound of the multiplicative kernel-noise level (default: {d['max_kernel_noise']})",
+    )  # fmt: skip
+    rk.add_argument(
+        "--device",
+        help=f"device for blurring, e.g. cuda (kernels are always drawn on the CPU) (default: {d['device']})",
+    )
+    mx = parser.add_argument_group("--protocol mixture only")
+    mx.add_argument("--scale", type=int, help=f"downscaling factor (default: {m['scale']})")
+    mx.add_argument(
+        "--kernels", choices=["seen", "unseen", "all"],
+        help=f"kernel group: the 29 seen (training), the 23 unseen, or all 52 (default: {m['kernels']})",
+    )  # fmt: skip
+    mx.add_argument("--split-seed", type=int, help=f"seed of the seen / unseen split (default: {m['split_seed']})")
+    mx.add_argument(
+        "--split-file",
+        help="JSON split to use if the file exists (checked against --split-seed; the E-Net pre-training writes it) "
+        f"(default: {m['split_file']})",
+    )
+    mx.add_argument(
+        "--kernels-per-image", type=int, metavar="N",
+        help="only this many kernels per image, cycling through the group over the images (default: all)",
+    )  # fmt: skip
+    return parser
+
+
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse the other protocol's options, then fill this protocol's defaults."""
+    for protocol, defaults in DEFAULTS.items():
+        given = [f"--{k.replace('_', '-')}" for k in defaults if getattr(args, k) is not None]
+        if protocol != args.protocol and given:
+            parser.error(f"{', '.join(given)}: only with --protocol {protocol}")
+    for key, value in DEFAULTS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.protocol == "mixture" and len(args.hr) != 1:
+        parser.error(f"--protocol mixture takes one --hr folder, got {len(args.hr)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0, or 2 with a message on stderr for a bad input)."""
+    parser = build_parser()
+    args = _resolve(parser, parser.parse_args(argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    command = f"{PROG} " + shlex.join(raw)
+    try:
+        if args.protocol == "mixture":
+            n = write_mixture_set(
+                args.hr[0], args.out, args.scale, args.kernels, args.split_seed, args.split_file,
+                kernels_per_image=args.kernels_per_image, max_images=args.limit, overwrite=args.overwrite,
+            )  # fmt: skip
+            print(f"wrote {n} LR images to {args.out}")
+        else:
+            generate(
+                args.hr, args.out, args.scales, args.seed, args.kernel_size, (args.lambda_min, args.lambda_max),
+                args.max_kernel_noise, args.limit, args.device, args.overwrite, command,
+            )  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ImageReadError, ValueError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
