@@ -132,5 +132,3 @@ def save_kernel_mat(path: Path, kernels: dict[str, np.ndarray]) -> None:
     data = bytearray(buffer.getvalue())
     data[:116] = MAT_HEADER.ljust(116, b" ")
     path.write_bytes(bytes(data))
-
-

@@ -22,22 +22,8 @@ from datamodules.generate.mixture import from_phase
 from datamodules.images import builtin_photo_paths
 from datamodules.io import load_kernel, load_rgb
 from datamodules.test_sets import DIV2KRKDataset, open_benchmark
-from tests.datamodules.test_test_sets import N_IMAGES, _centre_of_mass, _crops, _generate
-
-
-@pytest.fixture(scope="module")
-def hr_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hr")
-    for i, crop in enumerate(_crops()):
-        Image.fromarray(crop).save(folder / f"photo_{i:02d}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def rk_set(hr_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rk") / "set"
-    _generate(hr_dir, out, "--seed", "0")
-    return out
+from tests.datamodules.conftest import N_IMAGES, generate_set
+from tests.datamodules.test_test_sets import _centre_of_mass
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,7 +41,7 @@ def _regenerate(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Ten
 
 
 def test_generator_reports_progress_and_readme(hr_dir, tmp_path, capsys):
-    _generate(hr_dir, tmp_path / "out", "--seed", "3", "--limit", "2")
+    generate_set(hr_dir, tmp_path / "out", "--seed", "3", "--limit", "2")
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("1/2 photo_00.png") for line in lines)
     assert any(line.startswith("2/2 photo_01.png") for line in lines)
@@ -106,9 +92,9 @@ def test_x4_kernel_is_the_x2_kernel_applied_twice(rk_set):
 
 def test_generation_is_deterministic_and_seeded_per_image(hr_dir, rk_set, tmp_path):
     again, other, prefix = tmp_path / "again", tmp_path / "other", tmp_path / "prefix"
-    _generate(hr_dir, again, "--seed", "0")
-    _generate(hr_dir, other, "--seed", "1", "--limit", "3")
-    _generate(hr_dir, prefix, "--seed", "0", "--limit", "3")
+    generate_set(hr_dir, again, "--seed", "0")
+    generate_set(hr_dir, other, "--seed", "1", "--limit", "3")
+    generate_set(hr_dir, prefix, "--seed", "0", "--limit", "3")
     files = sorted(p.relative_to(rk_set) for p in rk_set.rglob("*") if p.suffix in (".png", ".mat"))
     assert len(files) == N_IMAGES * 5
     for rel in files:
@@ -121,7 +107,7 @@ def test_generation_is_deterministic_and_seeded_per_image(hr_dir, rk_set, tmp_pa
 
 def test_generator_refuses_to_mix_runs(hr_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    _generate(hr_dir, out, "--limit", "2")
+    generate_set(hr_dir, out, "--limit", "2")
     assert main(["--hr", str(hr_dir), "--out", str(out), "--limit", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["--hr", str(hr_dir), "--out", str(out), "--limit", "1", "--overwrite"]) == 0

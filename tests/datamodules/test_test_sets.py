@@ -14,10 +14,8 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 from datamodules.degradation.kernels import block_centre_to_div2krk_kernel, div2krk_kernel_to_block_centre
-from datamodules.generate import main
 from datamodules.images import LRFolderDataset
 from datamodules.io import ImageReadError, load_kernel
 from datamodules.test_sets import (
@@ -27,40 +25,7 @@ from datamodules.test_sets import (
     open_benchmark,
     pairing_key,
 )
-
-N_IMAGES = 11
-# (rows, cols) of the crops; image 2 is 40x56 (landscape), image 4 is 45x50 (mod-4 crop to 44x48).
-CROP_SIZES = [(48, 48), (40, 56), (48, 48), (45, 50)] + [(48, 48)] * (N_IMAGES - 4)
-
-
-def _crops() -> list[np.ndarray]:
-    sources = [skdata.astronaut(), skdata.chelsea()]
-    out = []
-    for i, (h, w) in enumerate(CROP_SIZES):
-        src = sources[i % 2]
-        top = 30 + 23 * i
-        left = 60 + 31 * i
-        out.append(np.ascontiguousarray(src[top : top + h, left : left + w, :3]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def hr_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hr")
-    for i, crop in enumerate(_crops()):
-        Image.fromarray(crop).save(folder / f"photo_{i:02d}.png")
-    return folder
-
-
-def _generate(hr: Path, out: Path, *extra: str) -> None:
-    assert main(["--hr", str(hr), "--out", str(out), "--scales", "2", "4", *extra]) == 0
-
-
-@pytest.fixture(scope="module")
-def rk_set(hr_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rk") / "set"
-    _generate(hr_dir, out, "--seed", "0")
-    return out
+from tests.datamodules.conftest import CROP_SIZES, N_IMAGES, crops
 
 
 def _centre_of_mass(kernel: torch.Tensor) -> tuple[float, float]:
@@ -89,7 +54,7 @@ def test_generated_set_reads_back(rk_set):
             assert abs(item["kernel"].sum().item() - 1) < 1e-5
             assert item["kernel"].min().item() >= 0
     # The HR images are top-left crops of the sources.
-    crop = _crops()[3]
+    crop = crops()[3]
     gt = np.asarray(Image.open(rk_set / "gt" / "im_4.png"))
     np.testing.assert_array_equal(gt, crop[:44, :48])
 
