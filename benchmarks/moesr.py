@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import time_interleaved
-from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform
+from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
 from datamodules.images import LRFolderDataset
 from datamodules.test_sets import DIV2KRKDataset
 from lightning_modules.core.runtime import keep_freed_memory

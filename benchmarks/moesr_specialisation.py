@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from datamodules.degradation import ops
-from datamodules.degradation.pipelines.moesr import THETA_UNIT, MoESRGrid
+from datamodules.degradation.kernels.moesr import THETA_UNIT, MoESRGrid
 from datamodules.images import find_images
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.metrics import psnr_y

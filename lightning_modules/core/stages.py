@@ -89,9 +89,7 @@ def load_weights(module: nn.Module, path: str | Path, produced_by: str, prefix: 
     module.load_state_dict(check_state_dict(module, ckpt["state_dict"], path, produced_by, prefix), strict=True)
 
 
-def stage_hparams(
-    ckpt: dict, path: str | Path, keys: Sequence[str], command: str, scale: int | None = None
-) -> dict:
+def stage_hparams(ckpt: dict, path: str | Path, keys: Sequence[str], command: str, scale: int | None = None) -> dict:
     """The hyper-parameters of a stage checkpoint, with ``keys`` present and (if given) the same ``scale``.
 
     Raises:

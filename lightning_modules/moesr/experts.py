@@ -29,8 +29,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from datamodules.degradation.kernels.moesr import X2_LAMBDAS, MoESRGrid
 from datamodules.degradation.ops import resize
-from datamodules.degradation.pipelines.moesr import X2_LAMBDAS, GridDegradation, MoESRGrid
+from datamodules.degradation.pipelines.moesr import GridDegradation
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.optim import adam_one_cycle
 from lightning_modules.metrics import PSNRY

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from datamodules.degradation.pipelines.moesr import MoESRGrid, MoESRKernelDegradation
+from datamodules.degradation.kernels.moesr import MoESRGrid
+from datamodules.degradation.pipelines.moesr import MoESRKernelDegradation
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.stages import FrozenParts, exclude_from_checkpoint, freeze
 from lightning_modules.metrics import KernelSAE

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.degradation import ops
-from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform
+from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
 from lightning_modules.nets.moesr import ISE, ExpertBank
 
 

@@ -44,7 +44,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from datamodules.degradation.pipelines.moesr import MoESRGrid
+from datamodules.degradation.kernels.moesr import MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward

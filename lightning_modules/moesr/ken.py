@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from datamodules.degradation.pipelines.moesr import MoESRGrid
+from datamodules.degradation.kernels.moesr import MoESRGrid
 from lightning_modules.core.optim import adam_one_cycle
 from lightning_modules.core.stages import freeze
 from lightning_modules.metrics import KernelSAE, make_kernel_metrics

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from datamodules.degradation.kernels import gaussian_kernels
-from datamodules.degradation.pipelines.moesr import moesr_kernels
+from datamodules.degradation.kernels.moesr import moesr_kernels
 from datamodules.io import save_kernel_mat
 from lightning_modules.nets.moesr import ken_params
 

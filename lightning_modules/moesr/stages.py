@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from datamodules.degradation.pipelines.moesr import GridDegradation, MoESRGrid, MoESRKernelDegradation
+from datamodules.degradation.kernels.moesr import MoESRGrid
+from datamodules.degradation.pipelines.moesr import GridDegradation, MoESRKernelDegradation
 from lightning_modules.core.stages import check_state_dict, freeze, read_checkpoint, stage_hparams
 from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
 

@@ -13,6 +13,8 @@ import yaml
 from PIL import Image
 
 from callbacks.posterior_pca import pca_project
+from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.kernels import mixture as mkern
 from datamodules.degradation.ops import resize, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
 from datamodules.degradation.pipelines import mixture as mdeg
 from datamodules.generate import write_mixture_set
@@ -76,8 +78,8 @@ def degraded_batch(batch=4, hr_size=32, scale=2, seed=0, **kw):
 
 # ---------------------------------------------------------------------------------------------- kernel set
 def test_paper_count_58_is_52_distinct_kernels_plus_6_theta_pi_duplicates():
-    paper = mdeg.paper_kernel_list()
-    distinct = mdeg.distinct_kernel_params()
+    paper = mkern.paper_kernel_list()
+    distinct = mkern.distinct_kernel_params()
     assert len(paper["lambda1"]) == 58 and len(distinct["lambda1"]) == 52
     iso = distinct["lambda1"] == distinct["lambda2"]
     assert int(iso.sum()) == 4 and int((~iso).sum()) == 48 == 6 * 8
@@ -88,18 +90,18 @@ def test_paper_count_58_is_52_distinct_kernels_plus_6_theta_pi_duplicates():
     # the 6 entries at theta = pi are the same kernels as their theta = 0 twins
     at_pi = paper["angle_step"] == 8
     assert int(at_pi.sum()) == 6
-    bank58 = mdeg.gaussian_kernels(11, paper["lambda1"], paper["lambda2"], paper["theta"], param="var")
-    torch.testing.assert_close(bank58, mdeg.mixture_kernels(paper["distinct_id"].tolist(), dtype=torch.float64))
+    bank58 = gaussian_kernels(11, paper["lambda1"], paper["lambda2"], paper["theta"], param="var")
+    torch.testing.assert_close(bank58, mkern.mixture_kernels(paper["distinct_id"].tolist(), dtype=torch.float64))
     assert len(set(paper["distinct_id"].tolist())) == 52
     # the 52 are pairwise different kernels
-    bank = mdeg.mixture_kernels(list(range(52)), dtype=torch.float64)
+    bank = mkern.mixture_kernels(list(range(52)), dtype=torch.float64)
     dist = (bank[:, None] - bank[None]).abs().sum(dim=(-2, -1)) + 10 * torch.eye(52, dtype=torch.float64)
     assert float(dist.min()) > 0.05
 
 
 def test_kernels_are_centred_gaussians_with_the_stated_covariance():
-    p = mdeg.distinct_kernel_params()
-    bank = mdeg.mixture_kernels(list(range(52)), dtype=torch.float64)
+    p = mkern.distinct_kernel_params()
+    bank = mkern.mixture_kernels(list(range(52)), dtype=torch.float64)
     assert bank.shape == (52, 11, 11)
     torch.testing.assert_close(bank.sum(dim=(-2, -1)), torch.ones(52, dtype=torch.float64))
     yy, xx = torch.meshgrid(torch.arange(11.0, dtype=torch.float64), torch.arange(11.0, dtype=torch.float64),
@@ -122,15 +124,15 @@ def test_kernels_are_centred_gaussians_with_the_stated_covariance():
 
 
 def test_split_sizes_isotropic_placement_and_determinism():
-    split = mdeg.make_split(seed=0)
+    split = mkern.make_split(seed=0)
     assert len(split.seen) == 29 and len(split.unseen) == 23
     assert sorted(split.seen + split.unseen) == list(range(52))
-    assert int(mdeg.is_isotropic(list(split.seen)).sum()) == 0  # as in the official test file:
-    assert int(mdeg.is_isotropic(list(split.unseen)).sum()) == 4  # all 4 isotropic kernels are unseen
-    assert mdeg.make_split(seed=0) == split
-    assert mdeg.make_split(seed=1).seen != split.seen
-    seen_iso = mdeg.make_split(seed=0, isotropic="seen")
-    assert len(seen_iso.seen) == 29 and int(mdeg.is_isotropic(list(seen_iso.seen)).sum()) == 4
+    assert int(mkern.is_isotropic(list(split.seen)).sum()) == 0  # as in the official test file:
+    assert int(mkern.is_isotropic(list(split.unseen)).sum()) == 4  # all 4 isotropic kernels are unseen
+    assert mkern.make_split(seed=0) == split
+    assert mkern.make_split(seed=1).seen != split.seen
+    seen_iso = mkern.make_split(seed=0, isotropic="seen")
+    assert len(seen_iso.seen) == 29 and int(mkern.is_isotropic(list(seen_iso.seen)).sum()) == 4
 
 
 def test_split_file_is_written_on_first_use_read_back_and_checked(tmp_path):
@@ -139,14 +141,14 @@ def test_split_file_is_written_on_first_use_read_back_and_checked(tmp_path):
     assert not path.exists()  # constructing (e.g. instantiating a config) writes nothing
     deg.sample(torch.Size((2, 3, 32, 32)), torch.Generator().manual_seed(0), "cpu")
     assert path.is_file()
-    assert mdeg.load_or_make_split(path, seed=0) == deg.split
+    assert mkern.load_or_make_split(path, seed=0) == deg.split
     with pytest.raises(ValueError, match="seed=0.*seed=3"):
-        mdeg.load_or_make_split(path, seed=3)
+        mkern.load_or_make_split(path, seed=3)
     data = json.loads(path.read_text())
     data["seen_kernels"][0]["lambda1"] = 9.0
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="does not match"):
-        mdeg.load_or_make_split(path, seed=0)
+        mkern.load_or_make_split(path, seed=0)
 
 
 # --------------------------------------------------------------------------------------------- degradation
@@ -169,11 +171,11 @@ def test_degradation_equals_official_scipy_correlate_and_pil_nearest(scale):
 
 def test_sampled_labels_index_the_seen_kernels():
     b = degraded_batch(batch=64)
-    split = mdeg.make_split(0)
+    split = mkern.make_split(0)
     idx, kid = b["params"]["kernel_index"], b["params"]["kernel_id"]
     assert int(idx.min()) >= 0 and int(idx.max()) < 29
     assert kid.tolist() == [split.seen[i] for i in idx.tolist()]
-    torch.testing.assert_close(b["kernel"], mdeg.mixture_kernels(kid.tolist()))
+    torch.testing.assert_close(b["kernel"], mkern.mixture_kernels(kid.tolist()))
     assert b["lr"].shape == (64, 3, 16, 16) and bool(((b["lr"] * 255).round() == b["lr"] * 255).all())
 
 

@@ -7,17 +7,16 @@ import torch
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import decimation_phase, gaussian_kernels
-from datamodules.degradation.pipelines.moesr import (
+from datamodules.degradation.kernels.moesr import (
     THETA_UNIT,
     X2_LAMBDAS,
-    GridDegradation,
     MoESRGrid,
-    MoESRKernelDegradation,
     apply_transform,
     fold_theta,
     invert_transform,
     moesr_kernels,
 )
+from datamodules.degradation.pipelines.moesr import GridDegradation, MoESRKernelDegradation
 
 U = THETA_UNIT
 

@@ -4,13 +4,8 @@ import pytest
 import torch
 import yaml
 
-from datamodules.degradation.pipelines.moesr import (
-    GridDegradation,
-    MoESRGrid,
-    MoESRKernelDegradation,
-    apply_transform,
-    invert_transform,
-)
+from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
+from datamodules.degradation.pipelines.moesr import GridDegradation, MoESRKernelDegradation
 from datamodules.images import builtin_photo_paths
 from datamodules.io import load_rgb, to_tensor
 from lightning_modules.core.cli import cli_main

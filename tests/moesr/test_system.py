@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from datamodules.degradation.kernels import gaussian_kernels
-from datamodules.degradation.pipelines.moesr import MoESRGrid, apply_transform, invert_transform, moesr_kernels
+from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform, moesr_kernels
 from datamodules.io import load_kernel
 from datamodules.test_sets import DIV2KRKDataset
 from lightning_modules.core.cli import cli_main

@@ -28,23 +28,14 @@ import torch
 from torch import Tensor
 
 from datamodules.degradation import ops
-
-# The kernel set moved to kernels.mixture; its names are re-exported here (`X as X`) because lightning_modules/mixture,
-# tests/mixture and benchmarks use them from this module (``mdeg.<name>``). Remove once they import kernels.mixture.
-from datamodules.degradation.kernels.gaussian import gaussian_kernels as gaussian_kernels
-from datamodules.degradation.kernels.mixture import ANGLE_STEPS as ANGLE_STEPS
-from datamodules.degradation.kernels.mixture import EIGENVALUES as EIGENVALUES
-from datamodules.degradation.kernels.mixture import KERNEL_SIZE as KERNEL_SIZE
-from datamodules.degradation.kernels.mixture import NUM_SEEN as NUM_SEEN
-from datamodules.degradation.kernels.mixture import IsotropicPolicy as IsotropicPolicy
-from datamodules.degradation.kernels.mixture import KernelGroup as KernelGroup
-from datamodules.degradation.kernels.mixture import KernelSplit as KernelSplit
-from datamodules.degradation.kernels.mixture import distinct_kernel_params as distinct_kernel_params
-from datamodules.degradation.kernels.mixture import is_isotropic as is_isotropic
-from datamodules.degradation.kernels.mixture import load_or_make_split as load_or_make_split
-from datamodules.degradation.kernels.mixture import make_split as make_split
-from datamodules.degradation.kernels.mixture import mixture_kernels as mixture_kernels
-from datamodules.degradation.kernels.mixture import paper_kernel_list as paper_kernel_list
+from datamodules.degradation.kernels.mixture import (
+    KERNEL_SIZE,
+    NUM_SEEN,
+    IsotropicPolicy,
+    KernelGroup,
+    distinct_kernel_params,
+    load_or_make_split,
+)
 from datamodules.degradation.ops import Border
 from datamodules.degradation.pipelines.base import Degradation
 from datamodules.degradation.samplers import KernelBankSampler

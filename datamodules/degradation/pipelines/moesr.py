@@ -17,20 +17,7 @@ from torch import Tensor
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import decimation_phase
-
-# The grid moved to kernels.moesr; every name is re-exported here (`X as X`) because lightning_modules/moesr, tests
-# and benchmarks import it from this module. Remove the re-exports once they import kernels.moesr.
-from datamodules.degradation.kernels.moesr import KERNEL_SIZES as KERNEL_SIZES
-from datamodules.degradation.kernels.moesr import NUM_THETAS as NUM_THETAS
-from datamodules.degradation.kernels.moesr import THETA_UNIT as THETA_UNIT
-from datamodules.degradation.kernels.moesr import TRANSFORM_NAMES as TRANSFORM_NAMES
-from datamodules.degradation.kernels.moesr import X2_LAMBDAS as X2_LAMBDAS
-from datamodules.degradation.kernels.moesr import X4_VARIANCE_FACTOR as X4_VARIANCE_FACTOR
-from datamodules.degradation.kernels.moesr import MoESRGrid as MoESRGrid
-from datamodules.degradation.kernels.moesr import apply_transform as apply_transform
-from datamodules.degradation.kernels.moesr import fold_theta as fold_theta
-from datamodules.degradation.kernels.moesr import invert_transform as invert_transform
-from datamodules.degradation.kernels.moesr import moesr_kernels as moesr_kernels
+from datamodules.degradation.kernels.moesr import X2_LAMBDAS, MoESRGrid, moesr_kernels
 from datamodules.degradation.pipelines.base import Degradation
 from datamodules.degradation.samplers import uniform
 
