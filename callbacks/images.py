@@ -34,6 +34,8 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import Tensor
 
+from datamodules.degradation.kernels import pad_centred
+
 __all__ = ["KernelGridLogger", "SRImageLogger"]
 
 
@@ -46,12 +48,6 @@ def _hstack(panels: list[Tensor]) -> Tensor:
     """Places (C,H,W) images side by side, top-aligned; shorter ones are padded with black at the bottom."""
     height = max(panel.shape[-2] for panel in panels)
     return torch.cat([F.pad(panel, (0, 0, 0, height - panel.shape[-2])) for panel in panels], dim=-1)
-
-
-def _pad_centred(kernels: Tensor, height: int, width: int) -> Tensor:
-    """Zero-pads (N,h,w) kernels to (N,height,width), centred (the odd pixel of an odd difference goes right/down)."""
-    dh, dw = height - kernels.shape[-2], width - kernels.shape[-1]
-    return F.pad(kernels, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
 def _kernel_grid(rows: list[Tensor], min_cell: int = 64, gap: int = 2) -> np.ndarray:
@@ -74,7 +70,7 @@ def _kernel_grid(rows: list[Tensor], min_cell: int = 64, gap: int = 2) -> np.nda
     factor = max(1, math.ceil(min_cell / max(height, width)))
     cells = []
     for row in rows:
-        row = _pad_centred(row.detach().float().cpu(), height, width)
+        row = pad_centred(row.detach().float().cpu(), height, width)
         peak = row.amax(dim=(-2, -1), keepdim=True)
         row = torch.where(peak > 0, row / peak.clamp_min(torch.finfo(row.dtype).tiny), torch.zeros_like(row))
         cells.append(row.clamp(0.0, 1.0).repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1))

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.degradation.kernels import pad_centred
+
 __all__ = ["kernel_sae", "kernel_shift_aligned_l2", "pad_to_common_size"]
 
 
@@ -24,11 +26,6 @@ def _as_kernel_batch(k: Tensor, name: str) -> Tensor:
     if k.ndim == 3:
         return k
     raise ValueError(f"{name} must be a kernel (kh, kw) or a batch of kernels (B, kh, kw), got {tuple(k.shape)}")
-
-
-def _pad_kernel(k: Tensor, size_h: int, size_w: int) -> Tensor:
-    dh, dw = size_h - k.shape[-2], size_w - k.shape[-1]
-    return F.pad(k, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
 def pad_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,7 +52,7 @@ def pad_to_common_size(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
             raise ValueError(f"{name} must be a kernel (kh, kw) or a batch (B, kh, kw), got {tuple(t.shape)}")
     size_h = max(a.shape[-2], b.shape[-2])
     size_w = max(a.shape[-1], b.shape[-1])
-    return _pad_kernel(a, size_h, size_w), _pad_kernel(b, size_h, size_w)
+    return pad_centred(a, size_h, size_w), pad_centred(b, size_h, size_w)
 
 
 def _prepare_kernels(est: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,11 +21,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from datamodules.degradation.kernels import gaussian_kernels
+from datamodules.degradation.kernels import gaussian_kernels, pad_centred
 from datamodules.degradation.kernels.moesr import moesr_kernels
 from datamodules.io import save_kernel_mat
 from lightning_modules.nets.moesr import ken_params
@@ -72,8 +71,7 @@ def fit_kernel_size(kernels: Tensor, size: int) -> Tensor:
     """
     k = kernels.shape[-1]
     if k < size:
-        d = size - k
-        kernels = F.pad(kernels, (d // 2, d - d // 2, d // 2, d - d // 2))
+        kernels = pad_centred(kernels, size)
     elif k > size:
         d = k - size
         kernels = kernels[..., d // 2 : d // 2 + size, d // 2 : d // 2 + size]

@@ -93,6 +93,19 @@ def pixel_grid(size: int, device: torch.device | None, dtype: torch.dtype) -> tu
     return xx, yy
 
 
+def pad_centred(kernels: Tensor, height: int, width: int | None = None) -> Tensor:
+    """Zero-pad ``(..., h, w)`` kernels to ``(..., height, width)`` (``width`` defaults to ``height``), centred.
+
+    ``d // 2`` zeros before and ``d - d // 2`` after for a size difference ``d``: even differences (11 -> 13,
+    31 -> 33) keep the centre exactly, odd ones put the extra row/column at the bottom/right.
+    """
+    width = height if width is None else width
+    dh, dw = height - kernels.shape[-2], width - kernels.shape[-1]
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot pad {tuple(kernels.shape[-2:])} kernels to a smaller {(height, width)}")
+    return torch.nn.functional.pad(kernels, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
 def shift_kernel(kernels: Tensor, dy: float, dx: float) -> Tensor:
     """Shift kernels by a (sub-)pixel offset with bilinear interpolation, zero outside (``(B,k,k)`` -> same).
 
