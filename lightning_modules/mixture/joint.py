@@ -42,7 +42,8 @@ Variants (Sec. 4.2.2, Table 3) are values of ``variant``:
 * ``"hard"`` (Hard Selection): trained as ``"ours"``; at test time only the branch of maximum posterior is used.
   A model trained as ``"ours"`` can be evaluated this way without retraining: ``--model.init_args.inference hard``.
 * ``"hard_alternating"`` (Hard Selection with Training): E-Net initialised from pre-training; training alternates
-  every ``alternate_every`` steps between (1) E-Net fixed, branches trained on the MSE of the branch of maximum
+  every ``alternate_every`` steps between (1) E-Net fixed (it selects in eval mode: no dropout, running BatchNorm
+  statistics neither used from the batch nor updated), branches trained on the MSE of the branch of maximum
   posterior and (2) branches fixed, E-Net trained on the first term of Eq. (12); hard selection at test time.
   Each phase leaves one part without gradients: under DDP use ``--trainer.strategy ddp_find_unused_parameters_true``.
 
@@ -79,6 +80,7 @@ from lightning_modules.mixture.elbo import (
     kl_categorical,
     soft_mixture,
 )
+from lightning_modules.mixture.rng import ResumableRNG
 from lightning_modules.nets.mixture import ENet, MixtureBranches
 
 Variant = Literal["ours", "average", "no_pretrain", "hard", "hard_alternating"]
@@ -88,7 +90,7 @@ PRETRAIN_COMMAND = "python main.py fit -c configs/mixture/enet_pretrain.yaml"
 MIXTURE_RUNTIME_HPARAMS = (*RUNTIME_HPARAMS, "inference")
 
 
-class MixtureSR(FrozenParts, SRSystem):
+class MixtureSR(ResumableRNG, FrozenParts, SRSystem):
     """Joint training of E-Net and ``M`` Table-2 branches with the ELBO of Eq. (12); Eq. (10) at inference.
 
     Args:
@@ -99,7 +101,8 @@ class MixtureSR(FrozenParts, SRSystem):
             ``"average"``. A runtime option (not stored in checkpoints).
         num_branches: ``M``, the number of branches and latent states (paper: 4).
         enet_ckpt: Pre-trained E-Net checkpoint (``configs/mixture/enet_pretrain.yaml``); ``{scale}`` is filled with the
-            model's scale. Read at the start of ``fit`` for ``ours``, ``hard`` and ``hard_alternating``.
+            model's scale. Read at the start of a fresh ``fit`` for ``ours``, ``hard`` and ``hard_alternating``;
+            a fit resumed with ``--ckpt_path`` takes E-Net and the prior from its checkpoint and does not need it.
         kl_weight: ``lambda`` of Eq. (12) (paper: 0.05).
         reduction: ``"sum"``: ``||H - F||^2`` summed over the pixels of each image (Eq. 12); ``"mean"``: averaged.
         optimizer: ``"sgd"`` (paper) or ``"adam"`` (not in the paper; for short CPU budgets). Both use the two
@@ -197,11 +200,15 @@ class MixtureSR(FrozenParts, SRSystem):
         if self.prior is not None:
             self.prior.load_state_dict(self.enet.state_dict())
 
-    def setup(self, stage: str) -> None:
-        """Check the data scale; at the start of a fresh ``fit``, load the pre-trained E-Net if the variant needs it."""
-        super().setup(stage)
-        resuming = getattr(self.trainer, "ckpt_path", None) is not None
-        if stage == "fit" and self.uses_pretraining and not resuming:
+    def on_fit_start(self) -> None:
+        """A fresh ``fit`` loads the pre-trained E-Net (if the variant needs it); a resumed one does not read that file.
+
+        Not in ``setup``: Lightning sets ``trainer.ckpt_path`` after ``setup``, when it restores the checkpoint, which
+        it does before ``on_fit_start``. (Strategies that restore after set-up, such as DeepSpeed, restore after
+        ``on_fit_start``: there a resume still reads the pre-training file, then the checkpoint overwrites it.)
+        """
+        super().on_fit_start()
+        if self.uses_pretraining and self.trainer.ckpt_path is None:
             self.load_pretrained_enet()
 
     # ----------------------------------------------------------------------------------------------- forward
@@ -300,9 +307,8 @@ class MixtureSR(FrozenParts, SRSystem):
     def _alternating_loss(self, lr: Tensor, y_hr: Tensor) -> Tensor:
         y = rgb_to_y(lr)
         base = self.upsample(y)
-        if self.alternating_phase() == "branches":
-            with torch.no_grad():
-                idx = self.enet(y).argmax(dim=1)
+        if self.alternating_phase() == "branches":  # E-Net fixed: eval mode (no dropout, BN statistics untouched)
+            idx = self._fixed_enet_scores(y).argmax(dim=1)
             errors = branch_errors(base + self.branches(y), y_hr, self.hparams.reduction)
             loss = errors.gather(1, idx[:, None]).mean()
         else:
@@ -312,6 +318,16 @@ class MixtureSR(FrozenParts, SRSystem):
             loss = expected_reconstruction(q, errors).mean()
         self.log("train/phase_enet", float(self.alternating_phase() == "enet"), batch_size=y.shape[0])
         return loss
+
+    @torch.no_grad()
+    def _fixed_enet_scores(self, y: Tensor) -> Tensor:
+        """E-Net's scores with E-Net held fixed: eval mode (running BN statistics, no dropout), no gradient."""
+        mode = self.enet.training
+        self.enet.eval()
+        try:
+            return self.enet(y)
+        finally:
+            self.enet.train(mode)
 
     # -------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -360,10 +376,12 @@ class MixtureSR(FrozenParts, SRSystem):
         return opt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the plateau schedule's state (it is stepped by this module, not by Lightning)."""
+        """Keep the plateau schedule's state (it is stepped by this module, not by Lightning) and the RNG state."""
+        super().on_save_checkpoint(checkpoint)
         if self._plateau is not None:
             checkpoint["mixture_plateau"] = self._plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the plateau schedule's state when the optimiser is made."""
+        """Restore the plateau schedule's state when the optimiser is made, and the RNG state (``ResumableRNG``)."""
+        super().on_load_checkpoint(checkpoint)
         self._plateau_state = checkpoint.get("mixture_plateau")

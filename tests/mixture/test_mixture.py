@@ -18,7 +18,7 @@ from datamodules.degradation.kernels import mixture as mkern
 from datamodules.degradation.ops import resize, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
 from datamodules.degradation.pipelines import mixture as mdeg
 from datamodules.generate import write_mixture_set
-from datamodules.images import builtin_photo_paths
+from datamodules.images import builtin_photo_paths, find_images
 from datamodules.io import load_rgb
 from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
@@ -33,11 +33,12 @@ from lightning_modules.mixture.enet_pretrain import ENetPretrain
 from lightning_modules.mixture.joint import MixtureSR
 from lightning_modules.nets.mixture import ENet, KernelClassifierHead, MixtureBranches
 from tests.conftest import REPO
+from tests.mixture.helpers import TINY_ENET, fake_enet_checkpoint
 
-TINY_ENET = (4, 8, 8, 8)
 TINY_DATA = [
     "--data.init_args.batch_size=4", "--data.init_args.patch_size=12", "--data.init_args.val_patch_size=16",
     "--data.init_args.num_workers=0", "--data.init_args.val_batch_size=4", "--trainer.logger=false",
+    "--data.init_args.train_dirs=[builtin]", "--data.init_args.val_dirs=[builtin]",  # tests never read ../shared
 ]  # fmt: skip
 TINY_MIXTURE = [
     "--model.init_args.num_branches=2", "--model.init_args.channels=4", "--model.init_args.mapping_layers=1",
@@ -48,18 +49,6 @@ PRETRAIN_COMMAND = "python main.py fit -c configs/mixture/enet_pretrain.yaml"
 pytestmark = pytest.mark.filterwarnings(
     "ignore:You are trying to `self.log\\(\\)`", "ignore:.*args parameter is intended", "ignore:Found .* in eval mode"
 )
-
-
-def fake_enet_checkpoint(path, num_states=2, channels=TINY_ENET, input_norm=False, seed=0):
-    """A Lightning-format pre-training checkpoint (random weights) holding ``enet.*`` and ``head.*``."""
-    torch.manual_seed(seed)
-    model = ENetPretrain(num_states=num_states, enet_channels=channels, num_kernels=29, input_norm=input_norm)
-    torch.save(
-        {"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.6",
-         "hyper_parameters": dict(model.hparams)},
-        path,
-    )  # fmt: skip
-    return path
 
 
 def tiny_mixture(variant="ours", tmp_path=None, **kw):
@@ -238,6 +227,12 @@ def test_gradient_step_on_kl_moves_q_towards_the_prior():
     q0 = torch.softmax(logits, 1).detach()
     kl = kl_categorical(torch.log_softmax(logits, 1), p.log())
     kl.sum().backward()
+    # d KL(q || p) / d logits = q (log q - log p - KL); the reverse KL(p || q) would give q - p
+    forward = q0 * (q0.log() - p.log() - kl.detach()[:, None])
+    torch.testing.assert_close(logits.grad, forward)
+    assert float((logits.grad - (q0 - p)).abs().max()) > 0.05
+    torch.testing.assert_close(kl.detach(), (q0 * (q0.log() - p.log())).sum(1))
+    assert float((kl.detach() - (p * (p.log() - q0.log())).sum(1)).abs().max()) > 0.05
     with torch.no_grad():
         logits -= 0.5 * logits.grad
     q1 = torch.softmax(logits, 1).detach()
@@ -246,17 +241,28 @@ def test_gradient_step_on_kl_moves_q_towards_the_prior():
 
 
 def test_system_kl_is_zero_with_the_pretrained_posterior_and_its_gradient_pulls_q_back(tmp_path):
-    model = tiny_mixture("ours", tmp_path, dropout=0.0).eval()
-    b = degraded_batch()
+    """The system's KL is KL(q || q_pretrained) (Eq. 12), in value and gradient, not KL(q_pretrained || q)."""
+    model = tiny_mixture("ours", tmp_path, dropout=0.0, num_branches=4).eval()
+    b = degraded_batch(batch=8)
     y = rgb_to_y(b["lr"])
     parts = model._parts(b["lr"])
     assert bool((model.elbo_terms(parts, rgb_to_y(b["hr"]))["kl"] == 0).all())  # q = pre-trained posterior
     with torch.no_grad():
-        model.enet.fc.bias += torch.tensor([1.0, -1.0])
+        model.enet.fc.bias += torch.tensor([1.5, -1.0, 0.5, -1.0])
     kl = model.elbo_terms(model._parts(b["lr"]), rgb_to_y(b["hr"]))["kl"]
     assert bool((kl > 0).all())
+    with torch.no_grad():
+        log_q, log_p = torch.log_softmax(model.enet(y), 1), torch.log_softmax(model.prior(y), 1)
+    q, p = log_q.exp(), log_p.exp()
+    forward, reverse = (q * (log_q - log_p)).sum(1), (p * (log_p - log_q)).sum(1)
+    assert float((forward - reverse).abs().min()) > 1e-3  # the two directions differ on every image
+    torch.testing.assert_close(kl.detach(), forward)
     kl.sum().backward()
-    assert model.enet.fc.bias.grad[0] > 0 > model.enet.fc.bias.grad[1]  # descent undoes the perturbation
+    # fc.bias adds to the scores: d KL(q || p) / d bias = sum over images of q (log q - log p - KL)
+    grad_forward = (q * (log_q - log_p - forward[:, None])).sum(0)
+    torch.testing.assert_close(model.enet.fc.bias.grad, grad_forward)
+    assert float((grad_forward - (q - p).sum(0)).abs().max()) > 1e-2  # what KL(p || q) would give
+    assert model.enet.fc.bias.grad[0] > 0 and model.enet.fc.bias.grad[1] < 0  # descent undoes the perturbation
     assert all(p.grad is None for p in model.prior.parameters())
     assert model.log_prior(y).requires_grad is False
 
@@ -344,6 +350,8 @@ def test_every_variant_trains_one_step(variant, tmp_path, monkeypatch):
         torch.nn.utils.clip_grad_value_(model.parameters(), 0.6)
         opt.step()
         branch_moved = any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if "branches" in k)
+        if phase == "branches":  # E-Net fixed: its weights and its BatchNorm statistics
+            assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k.startswith("enet."))
         enet_moved = any(not torch.equal(before[k], v) for k, v in model.state_dict().items()
                          if k.startswith("enet.") and "running" not in k and "batches" not in k)  # fmt: skip
         assert branch_moved == (phase != "enet")
@@ -354,6 +362,33 @@ def test_every_variant_trains_one_step(variant, tmp_path, monkeypatch):
     assert (model.prior is None) == (variant not in ("ours", "hard"))
     expected = {"ours": "soft", "no_pretrain": "soft", "average": "average"}.get(variant, "hard")
     assert model.inference == expected
+
+
+def test_hard_alternating_selects_with_enet_fixed_in_eval_mode(tmp_path, monkeypatch):
+    """Branch phase: E-Net selects in eval mode (no dropout, running statistics used and left as they are)."""
+    model = tiny_mixture("hard_alternating", tmp_path, dropout=0.5).train()
+    with torch.no_grad():  # pre-trained statistics differ from a fresh BatchNorm's (0, 1)
+        for m in model.enet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    monkeypatch.setattr(model, "alternating_phase", lambda: "branches")
+    b = degraded_batch(batch=8, hr_size=48)
+    before = {k: v.clone() for k, v in model.enet.state_dict().items()}
+    assert any(k.endswith("num_batches_tracked") for k in before) and any("running_var" in k for k in before)
+    with torch.no_grad():
+        losses = [float(model.training_step(b, 0)) for _ in range(6)]
+    for key, value in model.enet.state_dict().items():  # running_mean/var and num_batches_tracked included
+        assert torch.equal(before[key], value), key
+    assert model.enet.training  # the mode is given back for the E-Net phase
+    assert len(set(losses)) == 1, losses  # dropout off: the same selection every time
+    with torch.no_grad():
+        y, y_hr = rgb_to_y(b["lr"]), rgb_to_y(b["hr"])
+        model.enet.eval()
+        pick = model.enet(y).argmax(1)
+        model.enet.train()
+        errors = branch_errors(resize(y, scale=2, convention="matlab") + model.branches(y), y_hr)
+    assert losses[0] == pytest.approx(float(errors.gather(1, pick[:, None]).mean()), rel=1e-6)
 
 
 def test_prior_stays_in_eval_mode_and_uniform_without_pretraining(tmp_path):
@@ -447,6 +482,23 @@ def test_stage_configs_instantiate_alone_and_with_the_cpu_piece(stage, tmp_path)
         assert cli.model.scale == cli.datamodule.scale == cli.datamodule.degradation.scale == 2
         assert cli.datamodule.degradation.num_kernels == 29
     assert cli.datamodule.hparams.batch_size == 16  # the CPU piece applied
+
+
+@pytest.mark.parametrize("stage", ["enet_pretrain", "joint"])
+def test_stage_configs_validate_on_images_they_do_not_train_on(stage):
+    data = yaml.safe_load((REPO / f"configs/mixture/{stage}.yaml").read_text())["data"]["init_args"]
+    cpu = yaml.safe_load((REPO / "configs/mixture/cpu/budget.yaml").read_text())["data"]["init_args"]
+    train, val = data["train_dirs"], data["val_dirs"]
+    assert (train, val) == (cpu["train_dirs"], cpu["val_dirs"])  # the split of the CPU piece
+    assert "builtin" not in train + val
+    train_roots = [(REPO / t).resolve() for t in train]
+    for v in val:  # no validation folder is, holds or lies inside a training folder
+        root = (REPO / v).resolve()
+        assert not any(root.is_relative_to(t) or t.is_relative_to(root) for t in train_roots), (v, train)
+    if all(r.is_dir() for r in [*train_roots, *((REPO / v).resolve() for v in val)]):  # where ../shared is present
+        train_files = {p.resolve() for p in find_images([str(r) for r in train_roots])}
+        val_files = {p.resolve() for p in find_images([str((REPO / v).resolve()) for v in val])}
+        assert val_files and not train_files & val_files
 
 
 @pytest.fixture(scope="module")
