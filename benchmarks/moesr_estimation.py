@@ -18,6 +18,9 @@ grid experts run, ISE scores them (Eq. 10) and KEN regresses the kernel (Eq. 11)
 * PSNR-Y of the expert Eq. 12 picks from KEN's estimate, of ISE's best expert, of the lowest-true-error expert, of
   bicubic.
 
+ISE scores the experts' unclamped outputs, as training, inference and the official code do; PSNR is measured on
+the outputs clamped to ``[0, 1]``. The expert of KEN's estimate is the official rule (``MoESRGrid.nearest``).
+
 Prints a table, then one JSON line with the numbers.
 """
 
@@ -52,7 +55,7 @@ def evaluate(stages, hr: torch.Tensor, seed: int, kernels_per_crop: int, max_bat
     """Per-sample results for HR crops ``(B, 3, sH, sW)``, each degraded with ``kernels_per_crop`` random kernels."""
     bank, grid, ise, ken = stages.bank, stages.grid, stages.ise, stages.ken
     scale = grid.scale
-    degradation = MoESRKernelDegradation(scale, grid.base_lambdas)
+    degradation = MoESRKernelDegradation(scale)  # the supported space, as the ISE and KEN train on
     gen = torch.Generator().manual_seed(seed)
     hr = hr.repeat_interleave(kernels_per_crop, dim=0)
     batch = degradation(hr, gen)
@@ -61,17 +64,18 @@ def evaluate(stages, hr: torch.Tensor, seed: int, kernels_per_crop: int, max_bat
     rows: dict[str, list[torch.Tensor]] = {}
     for s in range(0, lr.shape[0], max_batch):
         part_lr, part_hr, part_k = lr[s : s + max_batch], hr[s : s + max_batch], kernel[s : s + max_batch]
-        out = grid_outputs(bank, grid, part_lr).clamp(0, 1)  # (b, N, 3, sh, sw)
-        up = upsample(part_lr, scale)
-        errors = ise_errors(ise, out, up)
-        true = (out - part_hr[:, None]).square().mean(dim=(2, 3, 4))
+        # ISE sees the experts' unclamped outputs, as in training (MoESRISE, MoESRKEN), in inference
+        # (grid_eval.grid_errors) and in the official code (MoESR.estimate_kernel); only PSNR sees clamped images.
+        out = grid_outputs(bank, grid, part_lr)  # (b, N, 3, sh, sw)
+        errors = ise_errors(ise, out, upsample(part_lr, scale))
+        true = (out - part_hr[:, None]).square().mean(dim=(2, 3, 4))  # as ISE's labels and val/ise_rank_corr
         params = ken(errors)
         ken_k = ken_kernels(params, grid.kernel_size, scale)
         nearest = grid.kernel_nearest(part_k)
         best_ise, best_true = errors.argmin(dim=1), true.argmin(dim=1)
         chosen = grid.nearest(params)
         idx = batch_index(part_lr)
-        psnr_all = psnr_y(out.flatten(0, 1), part_hr[:, None].expand_as(out).flatten(0, 1), shave=scale)
+        psnr_all = psnr_y(out.clamp(0, 1).flatten(0, 1), part_hr[:, None].expand_as(out).flatten(0, 1), shave=scale)
         psnr_all = psnr_all.reshape(true.shape)
         bicubic = ops.resize(part_lr, scale=scale, convention="matlab").clamp(0, 1)
         new = {

@@ -4,8 +4,9 @@ Per image (paper Sec. 3.2-3.3, Eq. 10-12):
 
 1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``grid_eval.grid_errors``: one
    batched ``ExpertBank`` call per input transform), ``rho* = KEN(E)`` (Eq. 10-11);
-2. the grid kernel nearest to ``rho*`` (Eq. 12, ``MoESRGrid.nearest``: each parameter snapped to the grid) names a
-   stored expert and an input transform; a standalone copy of that expert gets the transform folded into its
+2. the grid kernel nearest to ``rho*`` (Eq. 12; ``expert_choice``, by default the official rule
+   ``MoESRGrid.nearest``: ``rho*`` made canonical, ``lambda1 >= lambda2``, then each parameter snapped) names a stored
+   expert and an input transform; a standalone copy of that expert gets the transform folded into its
    convolution weights (``grid_eval.grid_expert``; the official code rotates/flips weights rather than images), so
    it works on the image as it is;
 3. the copy is fine-tuned on the LR image with the kernel ``K(rho*)`` fixed as the downsampler
@@ -44,7 +45,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from datamodules.degradation.kernels.moesr import MoESRGrid
+from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
@@ -63,7 +64,7 @@ from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBa
 
 MOESR_RUNTIME_HPARAMS = (
     *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",
-    "max_batch", "finetune_seed", "crop_size", "progress",
+    "max_batch", "finetune_seed", "crop_size", "progress", "expert_choice",
 )  # fmt: skip
 
 
@@ -112,6 +113,11 @@ class MoESR(SRSystem):
         finetune_seed: Seed of the fine-tuning crops, rotations and noise (official: 100, the same for every image).
         crop_size: "HR" crop side of fine-tuning, in LR pixels (official: 128).
         progress: Show a per-image progress bar during fine-tuning (when the trainer shows one).
+        expert_choice: How KEN's ``rho*`` names a grid kernel (``MoESRGrid.choose``): ``"snap"`` (default, the
+            official code: each parameter snapped to its nearest grid value, ``MoESRGrid.nearest``); ``"eq12"``
+            (Eq. 12 as written: the grid kernel of least L1 distance in parameters, ``MoESRGrid.nearest_l1``; it
+            differs from snapping for 5 % of random ``rho*``); ``"kernel"`` (the grid kernel nearest to ``K(rho*)``
+            in pixel L1, 11 %).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -130,6 +136,7 @@ class MoESR(SRSystem):
         finetune_seed: int = 100,
         crop_size: int = CROP_SIZE,
         progress: bool = True,
+        expert_choice: ExpertChoice = "snap",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,6 +153,9 @@ class MoESR(SRSystem):
         self.finetune_seed = finetune_seed
         self.crop_size = crop_size
         self.progress = progress
+        if expert_choice not in ("snap", "eq12", "kernel"):
+            raise ValueError(f"expert_choice must be 'snap', 'eq12' or 'kernel', got {expert_choice!r}")
+        self.expert_choice = expert_choice
         self.bank: ExpertBank | None = None
         self.grid: MoESRGrid | None = None
         self.ise: ISE | None = None
@@ -226,7 +236,7 @@ class MoESR(SRSystem):
         if gt_kernel is None:
             params = self.estimate_parameters(lr)
             kernel = ken_kernels(params, size, self.scale)
-            index = grid.nearest(params).cpu()
+            index = grid.choose(params, self.expert_choice).cpu()
         else:
             self._require_stages(estimation=False)
             gt = gt_kernel.to(device=lr.device, dtype=torch.float32)

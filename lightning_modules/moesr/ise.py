@@ -12,9 +12,10 @@ Recipe (paper Sec. 4.1): Adam, one-cycle with maximum learning rate 3e-4, 2e5 it
 ``experts_per_image`` grid kernels per image (default 4; 0 = all ``N``), an unbiased estimate of that sum up to a
 constant factor that fits the paper's batch of 32 crops in memory; the labels are squared errors of ``[0, 1]``
 intensities times ``error_scale`` (default 1000; the paper states no unit; KEN standardises the errors, so the unit
-does not reach it); ISE's first layer sees ``(10 (SR - up), up - 0.5)`` (``residual_gain``, an invertible
-re-parametrisation of the official ``(SR, up)`` input; see ``nets.moesr.ISE``); the CPU recipe trains on the
-``"relative"`` target (see ``target``).
+does not reach it); by default ISE's first layer sees ``(10 (SR - up), up - 0.5)`` (``residual_gain``, an
+invertible re-parametrisation of the official ``(SR, up)`` input; see ``nets.moesr.ISE``), measured better only at
+the CPU size: ``configs/moesr/ise.yaml`` (the full recipe) sets ``residual_gain: 0``, the official input, and
+``configs/moesr/cpu/ise.yaml`` 10; the CPU recipe trains on the ``"relative"`` target (see ``target``).
 
 Validation (fixed crops, ``data.init_args.val_degradations`` fixed kernels per crop): the ISE errors of all ``N``
 grid kernels (``grid_eval.grid_errors``); ``val/ise_top1`` (best-ISE grid kernel = the grid kernel nearest to the

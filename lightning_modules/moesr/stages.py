@@ -121,7 +121,7 @@ def check_data_kernels(
     """Stop unless the data's degradation is a ``kind`` that fits ``grid`` (why a check: see the module docstring).
 
     ``GridDegradation`` (experts stage) must degrade with ``grid`` itself; ``MoESRKernelDegradation`` (ISE, KEN)
-    must draw kernels of ``grid``'s size over its variance range.
+    must draw kernels of ``grid``'s size over a variance range that covers the grid's.
 
     Args:
         degradation: The DataModule's ``degradation``.
@@ -141,10 +141,13 @@ def check_data_kernels(
                 "--model.init_args.lambdas (the CLI passes them to the degradation)"
             )
         return
-    wanted = (min(grid.lambdas), max(grid.lambdas))
-    if degradation.kernel_size != grid.kernel_size or tuple(degradation.lambda_range) != wanted:
+    low, high = degradation.lambda_range
+    covered = low <= min(grid.lambdas) and high >= max(grid.lambdas)
+    if degradation.kernel_size != grid.kernel_size or not covered:
+        factor = grid.lambdas[0] / grid.base_lambdas[0]
         raise ValueError(
             f"the data's kernels ({degradation.kernel_size}x{degradation.kernel_size}, lambdas in "
-            f"{degradation.lambda_range}) do not fit the experts' {grid} (lambdas in {wanted}): pass "
-            f"--data.init_args.degradation.init_args.lambdas {list(grid.base_lambdas)}"
+            f"{degradation.lambda_range}) do not cover the experts' {grid} (lambdas {min(grid.lambdas):g} to "
+            f"{max(grid.lambdas):g}): pass --data.init_args.degradation.init_args.lambda_range "
+            f"[{min(grid.lambdas) / factor:g}, {max(grid.lambdas) / factor:g}] or wider"
         )

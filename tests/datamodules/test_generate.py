@@ -32,8 +32,12 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _regenerate(hr: torch.Tensor, kernel: torch.Tensor, scale: int) -> torch.Tensor:
-    """HR ``(3,H,W)`` uint8 -> 8-bit LR ``(3,H/s,W/s)`` in 0..255 (float64): correlate, decimate from 0, quantise."""
-    out = ops.decimate(ops.blur(hr[None].double() / 255, kernel.double(), mode="correlate", border="reflect"), scale, 0)
+    """HR ``(3,H,W)`` uint8 -> 8-bit LR ``(3,H/s,W/s)`` in 0..255 (float64): correlate, decimate from 0, quantise.
+
+    The border is scipy's default (half-sample symmetric), with which DIV2KRK was made and which the generator uses
+    since issue 11 (item 9; it was PyTorch's whole-sample 'reflect' before).
+    """
+    out = ops.blur_decimate(hr[None].double() / 255, kernel.double(), scale, 0, border="symmetric")
     return (ops.quantize(out) * 255)[0]
 
 

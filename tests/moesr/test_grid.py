@@ -12,6 +12,7 @@ from datamodules.degradation.kernels.moesr import (
     X2_LAMBDAS,
     MoESRGrid,
     apply_transform,
+    canonical_params,
     fold_theta,
     invert_transform,
     moesr_kernels,
@@ -174,19 +175,92 @@ def test_nearest_rules():
     noisy[:, 2] += 0.05
     aniso = grid.params[:, 0] != grid.params[:, 1]
     assert (grid.nearest(noisy)[aniso] == torch.arange(85)[aniso]).all()
-    # snapped lambda2 >= lambda1 -> the isotropic kernel at the snapped lambda2 (official: lambda1 raised)
+    # equal snapped variances -> the isotropic kernel; lambda2 > lambda1 is swapped first (theta + pi/2), not made
+    # isotropic as the official rule did
     iso_227 = int(((grid.params[:, 0] == 2.27) & (grid.params[:, 1] == 2.27)).nonzero())
-    assert grid.nearest(torch.tensor([[1.0, 2.2, 9 * U]])).tolist() == [iso_227]
     assert grid.nearest(torch.tensor([[2.3, 2.2, 9 * U]])).tolist() == [iso_227]
+    assert grid.nearest(torch.tensor([[2.2, 2.3, 9 * U]])).tolist() == [iso_227]
+    swapped = grid.nearest(torch.tensor([[1.0, 2.2, 9 * U], [2.2, 1.0, U]]))
+    assert swapped[0] == swapped[1] and grid.params[swapped[0]].tolist() == pytest.approx([2.27, 0.85, U])
     # theta is taken mod pi and snapped on the circle: -0.05 rad is next to 15pi/16, not pi/16
     idx = grid.nearest(torch.tensor([[4.37, 0.85, -0.05], [4.37, 0.85, math.pi + 0.25]]))
     assert grid.params[idx, 2].tolist() == pytest.approx([15 * U, U])
     # the official isotropic quirk: the transform follows the snapped theta even for the isotropic expert
-    expert, transform = grid.nearest_expert(torch.tensor([[1.0, 2.2, 9 * U], [4.37, 0.85, 13 * U]]))
+    expert, transform = grid.nearest_expert(torch.tensor([[2.3, 2.2, 9 * U], [4.37, 0.85, 13 * U]]))
     assert expert[0] == grid.expert_index[iso_227] and transform[0] == 2
     assert grid.transform[iso_227] == 0
     aniso_13 = int(grid.nearest(torch.tensor([[4.37, 0.85, 13 * U]])))
     assert expert[1] == grid.expert_index[aniso_13] and transform[1] == grid.transform[aniso_13] == 3
+
+
+def _swap(params: torch.Tensor) -> torch.Tensor:
+    """The other parametrisation of the same kernels: ``(l2, l1, theta + pi/2)``."""
+    return torch.stack([params[:, 1], params[:, 0], params[:, 2] + math.pi / 2], dim=1)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_both_parametrisations_of_every_grid_kernel_pick_the_same_expert(scale):
+    """Issue 11 item 1: K(l1, l2, theta) == K(l2, l1, theta + pi/2); KEN may output either, the choice is the same."""
+    grid = MoESRGrid(scale)
+    p = grid.params
+    q = _swap(p)
+    size = grid.kernel_size
+    same = moesr_kernels(q[:, 0], q[:, 1], q[:, 2], size, scale)
+    torch.testing.assert_close(same, grid.kernels(torch.float64), atol=1e-12, rtol=0)  # one kernel, two names
+    everything = torch.arange(85)
+    for params in (p, q, _swap(q), q + torch.tensor([0.0, 0.0, math.pi])):
+        assert grid.nearest(params).tolist() == everything.tolist()
+        assert grid.nearest_l1(params).tolist() == everything.tolist()
+        assert grid.choose(params, "kernel").tolist() == everything.tolist()
+    e_p, t_p = grid.nearest_expert(p)
+    e_q, t_q = grid.nearest_expert(q)
+    aniso = grid.theta_index >= 0  # isotropic kernels: the official transform follows any angle (the quirk)
+    assert torch.equal(e_p, e_q) and torch.equal(t_p[aniso], t_q[aniso]) and torch.equal(e_p, grid.expert_index)
+    # the measured case: K(4.37, 0.85, 3pi/16) and K(0.85, 4.37, 11pi/16) chose experts 17 and 24 (isotropic)
+    f = 5 if scale == 4 else 1
+    pair = torch.tensor([[4.37 * f, 0.85 * f, 3 * U], [0.85 * f, 4.37 * f, 11 * U]])
+    assert grid.expert_index[grid.nearest(pair)].tolist() == [17, 17]
+    # off the grid too: random parameters and their swaps pick the same grid kernel (and the same as canonical ones)
+    gen = torch.Generator().manual_seed(0)
+    lam = (0.85 + 3.52 * torch.rand(500, 2, generator=gen, dtype=torch.float64)) * f
+    rho = torch.cat([lam, 2 * math.pi * torch.rand(500, 1, generator=gen, dtype=torch.float64) - 0.5], dim=1)
+    canonical = canonical_params(rho)
+    assert bool((canonical[:, 0] >= canonical[:, 1]).all()) and 0 <= float(canonical[:, 2].min())
+    assert float(canonical[:, 2].max()) < math.pi
+    k_rho, k_can = (moesr_kernels(*x.unbind(1), size, scale) for x in (rho, canonical))
+    torch.testing.assert_close(k_can, k_rho, atol=1e-12, rtol=0)
+    for rule in ("snap", "eq12", "kernel"):
+        assert torch.equal(grid.choose(rho, rule), grid.choose(_swap(rho), rule)), rule
+
+
+def test_eq12_choice_is_the_literal_argmin_and_differs_from_snapping():
+    """Issue 11 item 4: ``nearest_l1`` is Eq. 12 (against a loop); snapping (the official rule) is not."""
+    grid = MoESRGrid(2)
+    gen = torch.Generator().manual_seed(1)
+    n = 2000
+    lam = 0.85 + 3.52 * torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    rho = canonical_params(torch.cat([lam, math.pi * torch.rand(n, 1, generator=gen, dtype=torch.float64)], dim=1))
+    rows = grid.params.tolist()
+
+    def literal(r):
+        dist = []
+        for g1, g2, gt in rows:
+            dt = abs(r[2] - gt) % math.pi
+            dist.append(abs(r[0] - g1) + abs(r[1] - g2) + (min(dt, math.pi - dt) if g1 != g2 else 0.0))
+        return min(range(len(dist)), key=dist.__getitem__)
+
+    eq12 = grid.nearest_l1(rho)
+    assert eq12.tolist() == [literal(r) for r in rho[:300].tolist()] + eq12[300:].tolist()
+    assert grid.choose(rho, "eq12").tolist() == eq12.tolist()
+    differ = float((grid.choose(rho, "snap") != eq12).double().mean())
+    assert 0.03 < differ < 0.08, differ  # the docstring's "5 %"
+    # "kernel": the grid kernel nearest in pixel L1 to K(rho), against a loop over the grid
+    k = moesr_kernels(rho[:50, 0], rho[:50, 1], rho[:50, 2], 13, 2)
+    grid_k = grid.kernels(torch.float64)
+    loop = [min(range(85), key=lambda i, kk=kk: float((grid_k[i] - kk).abs().sum())) for kk in k]
+    assert grid.choose(rho[:50], "kernel").tolist() == loop
+    with pytest.raises(ValueError, match="snap"):
+        grid.choose(rho, "nearest")
 
 
 def test_kernel_nearest_and_intermediate_kernels():
@@ -225,10 +299,14 @@ def test_moesr_kernel_degradation(scale):
     deg = MoESRKernelDegradation(scale)
     gen = torch.Generator().manual_seed(0)
     params = deg.sample(torch.Size((400, 3, 8, 8)), gen, "cpu")
-    lo, hi = 0.85 * (5 if scale == 4 else 1), 4.37 * (5 if scale == 4 else 1)
+    # the supported space (issue 11, item 2): lambda in (0.6, 5) at x2, (3, 25) at x4, beyond the grid's outermost
+    # variances (0.85, 4.37): about a third of DIV2KRK's kernels lie outside those
+    lo, hi = 0.6 * (5 if scale == 4 else 1), 5.0 * (5 if scale == 4 else 1)
+    grid_lo, grid_hi = 0.85 * (5 if scale == 4 else 1), 4.37 * (5 if scale == 4 else 1)
     assert bool((params["lambda1"] >= params["lambda2"]).all())
     assert lo <= float(params["lambda2"].min()) and float(params["lambda1"].max()) <= hi
-    assert float(params["lambda1"].max()) > lo + 0.8 * (hi - lo) and float(params["theta"].max()) > 2.8
+    assert float(params["lambda2"].min()) < grid_lo and float(params["lambda1"].max()) > grid_hi
+    assert float(params["theta"].max()) > 2.8
     hr = torch.rand(2, 3, 16 * scale, 16 * scale)
     out = deg.apply(hr, {k: v[:2] for k, v in params.items()})
     k = out["kernel"]
@@ -236,3 +314,33 @@ def test_moesr_kernel_degradation(scale):
     torch.testing.assert_close(k, moesr_kernels(params["lambda1"][:2], params["lambda2"][:2],
                                                 params["theta"][:2], deg.kernel_size, scale))  # fmt: skip
     torch.testing.assert_close(out["lr"], ops.quantize(ops.blur_decimate(hr, k, scale)))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_moesr_kernel_degradation_with_div2krk_style_noise_stays_block_centred(scale):
+    deg = MoESRKernelDegradation(scale, kernel_noise=0.25)
+    params = deg.sample(torch.Size((64, 3, 8, 8)), torch.Generator().manual_seed(0), "cpu")
+    kernels = deg.kernels(params)
+    clean = moesr_kernels(params["lambda1"], params["lambda2"], params["theta"], deg.kernel_size, scale)
+    assert float((kernels - clean).abs().sum(dim=(-2, -1)).mean()) > 0.01  # the noise is there
+    torch.testing.assert_close(kernels.sum(dim=(-2, -1)), torch.ones(64), atol=1e-5, rtol=0)
+    grid = torch.arange(deg.kernel_size, dtype=kernels.dtype)
+    centre = deg.kernel_size // 2 + 0.5 * (scale - 1)
+    assert float(((kernels.sum(-1) * grid).sum(-1) - centre).abs().max()) < 0.01  # rows
+    assert float(((kernels.sum(-2) * grid).sum(-1) - centre).abs().max()) < 0.01  # columns
+    with pytest.raises(ValueError, match="lambda_range"):
+        MoESRKernelDegradation(scale, lambda_range=(2.0, 1.0))
+
+
+def test_x4_grid_batches_carry_the_intermediate_targets():
+    deg = GridDegradation(4, (0.85, 2.27, 4.37))
+    hr = torch.rand(2, 3, 48, 48)
+    out = deg(hr, torch.Generator().manual_seed(0))
+    mid = out["hr_mid_experts"]
+    assert mid.shape == (2, deg.grid.num_experts, 3, 24, 24) and "hr_mid_experts" not in GridDegradation(2)(
+        hr[..., :24, :24]
+    )
+    for e in (0, deg.grid.num_experts - 1):
+        lam1, lam2, theta = deg.grid.experts[e].tolist()
+        k2 = moesr_kernels(torch.tensor([lam1 / 5]), torch.tensor([lam2 / 5]), torch.tensor([theta]), 13, 2)
+        torch.testing.assert_close(mid[:, e], ops.blur_decimate(hr, k2.float(), 2), atol=1e-6, rtol=0)

@@ -130,6 +130,25 @@ def test_pipeline_without_finetuning_is_the_chosen_expert_and_x4_runs():
     assert sr4.shape == (1, 3, 160, 144) and torch.isfinite(sr4).all()
 
 
+def test_expert_choice_option(monkeypatch, tmp_path):
+    """Issue 11 item 4: the official snapping by default; Eq. 12 as written and the pixel-nearest kernel as options."""
+    rho = torch.tensor([[1.4278, 1.5698, 0.5297], [1.5533, 3.3806, 1.5768]])  # the three rules disagree on both
+    lr = torch.rand(2, 3, 30, 26)
+    chosen = {}
+    for rule in ("snap", "eq12", "kernel"):
+        m = model(finetune_iters=0, expert_choice=rule)
+        monkeypatch.setattr(m, "estimate_parameters", lambda x, r=rho: r.clone())
+        chosen[rule] = m.choose(lr).grid_index.tolist()
+        assert chosen[rule] == m.grid.choose(rho, rule).tolist()
+    assert chosen["snap"] == [6, 10] and chosen["eq12"] == [0, 9] and chosen["kernel"] == [5, 18]
+    assert model().expert_choice == "snap"  # the official code's rule is the default
+    with pytest.raises(ValueError, match="expert_choice"):
+        MoESR(expert_choice="nearest")
+    cli = cli_main(["-c", CONFIG, "--model.init_args.expert_choice=eq12", "--trainer.logger=false",
+                    f"--trainer.default_root_dir={tmp_path}"], run=False)  # fmt: skip
+    assert cli.model.expert_choice == "eq12"
+
+
 def test_use_gt_kernel_takes_the_block_centred_batch_kernel_and_picks_the_nearest_grid_kernel(tiny_div2krk):
     item = DIV2KRKDataset(tiny_div2krk, 2)[0]
     gt = item["kernel"][None]  # block-centred (the kernel that made the LR), 11x11

@@ -45,6 +45,9 @@ def gaussian_kernels(
     Returns:
         ``(B, k, k)`` kernels summing to 1, dtype and device of ``a``; values below ``1e-20`` of the peak are 0.
 
+    Raises:
+        ValueError: A non-positive ``a`` or ``b`` on the CPU (not checked on other devices: no host sync).
+
     Example:
         >>> one = torch.tensor([1.0])
         >>> k = gaussian_kernels(13, 4 * one, one, 0.3 * one, centre="block", scale=2)
@@ -60,7 +63,9 @@ def gaussian_kernels(
         a, b = a * a, b * b
     elif param != "var":
         raise ValueError(f"param must be 'var' or 'std', got {param!r}")
-    if bool((a <= 0).any()) or bool((b <= 0).any()):
+    if a.device.type == "cpu" and (bool((a <= 0).any()) or bool((b <= 0).any())):
+        # checked on the CPU only: on an accelerator the check would wait for the device every batch (the samplers
+        # draw positive values; a non-positive one there gives a non-finite kernel, which the NaN guard reports)
         raise ValueError("kernel variances / standard deviations must be positive")
     cos, sin = torch.cos(theta), torch.sin(theta)
     # Sigma = R diag(a, b) R^T; its inverse is R diag(1/a, 1/b) R^T.

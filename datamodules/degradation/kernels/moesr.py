@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -49,11 +50,13 @@ from torch import Tensor
 from datamodules.degradation.kernels.gaussian import gaussian_kernels
 
 THETA_UNIT = math.pi / 16
-X2_LAMBDAS = (0.85, 1.47, 2.27, 3.23, 4.37)
+X2_LAMBDAS = (0.85, 1.47, 2.27, 3.23, 4.37)  # centres of 5 equal sigma-bins of [sqrt(0.6), sqrt(5)], squared
+SUPPORTED_X2_LAMBDAS = (0.6, 5.0)  # the variances those bins cover: what MoESR supports (and DIV2KRK's range)
 X4_VARIANCE_FACTOR = 5  # x4 variances = 5 x the x2 ones (an x2 kernel applied twice: Sigma + 4 Sigma)
 KERNEL_SIZES = {2: 13, 4: 33}
 NUM_THETAS = 8  # odd multiples of pi/16 in (0, pi)
 TRANSFORM_NAMES = ("identity", "flip_rot90", "rot90", "flip")
+ExpertChoice = Literal["snap", "eq12", "kernel"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,6 +156,18 @@ def moesr_kernels(lam1: Tensor, lam2: Tensor, theta: Tensor, size: int, scale: i
         ``(B, size, size)``, applied by correlation (``ops.blur_decimate`` with phase 0).
     """
     return gaussian_kernels(size, lam1, lam2, theta, param="var", centre="block", scale=scale)
+
+
+def canonical_params(params: Tensor) -> Tensor:
+    """MoESR parameters ``(B, 3)`` with ``lambda1 >= lambda2`` and ``theta`` in ``[0, pi)`` (the same kernels).
+
+    ``K(l1, l2, theta) == K(l2, l1, theta + pi/2) == K(l1, l2, theta + pi)``: rows with ``lambda2 > lambda1`` are
+    swapped and turned by ``pi/2``. The one place where the grid lookups order KEN's output.
+    """
+    l1, l2, theta = params.unbind(dim=-1)
+    swap = l2 > l1
+    theta = torch.remainder(torch.where(swap, theta + math.pi / 2, theta), math.pi)
+    return torch.stack([torch.maximum(l1, l2), torch.minimum(l1, l2), theta], dim=-1)
 
 
 class MoESRGrid:
@@ -299,27 +314,31 @@ class MoESRGrid:
 
     # ------------------------------------------------------------------------------------------------ lookup
     def _snap(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        p = params.detach().reshape(-1, 3).to(torch.float64).cpu()
+        p = canonical_params(params.detach().reshape(-1, 3).to(torch.float64).cpu())
         lam = torch.tensor(self.lambdas, dtype=torch.float64)
         i1 = (p[:, :1] - lam).abs().argmin(dim=1)
         i2 = (p[:, 1:2] - lam).abs().argmin(dim=1)
-        theta = torch.remainder(p[:, 2], math.pi)
         grid_theta = torch.tensor(self.thetas, dtype=torch.float64)
-        d = (theta[:, None] - grid_theta).abs()
+        d = (p[:, 2:] - grid_theta).abs()
         j = torch.minimum(d, math.pi - d).argmin(dim=1)  # circular distance: theta and theta + pi are one kernel
         return i1, i2, j
 
     def nearest(self, params: Tensor) -> Tensor:
-        """Grid index of estimated parameters (Eq. 12 as the official code does it: each value snapped on its own).
+        """Grid index of estimated parameters: Eq. 12 as the official code does it, each value snapped on its own.
 
-        ``lambda1`` and ``lambda2`` snap to the nearest grid variance, ``theta`` (taken mod ``pi``) to the nearest grid
-        angle on the circle; if the snapped ``lambda2 >= lambda1`` the kernel is the isotropic one at the snapped
-        ``lambda2`` (official: ``lambda1`` is raised to ``lambda2``). Snapping each value equals Eq. 12's L1 argmin
-        over the full product of grid values; the official code snaps, so we do.
+        After :func:`canonical_params`, ``lambda1`` and ``lambda2`` snap to the nearest grid variance and ``theta`` to
+        the nearest grid angle on the circle; equal snapped variances give the isotropic kernel (official: a snapped
+        ``lambda2 > lambda1`` raises ``lambda1`` to ``lambda2``; canonical input leaves only equality).
 
-        Deviation (minor): the angle is reduced mod ``pi`` and snapped on the circle (a Gaussian at ``theta + pi`` is
-        the same kernel); the official code snaps the raw value, which differs only for KEN angles outside
-        ``[0, pi)``.
+        This is *not* Eq. 12's L1 argmin: the grid is not the full product of its values (one angle for isotropic
+        pairs, ``lambda2 <= lambda1``): for 2,000 ``rho`` uniform on ``[0.85, 4.37]^2 x [0, pi)`` they differ 5 % of
+        the time (17 % if the isotropic kernels' placeholder angle 0 is counted as an angle). The official code
+        snaps, so this does; :meth:`nearest_l1` is Eq. 12 as written (:meth:`choose`).
+
+        Deviations from the official code: (a) canonicalisation: Eq. 9 cannot tell ``(l1, l2, theta)`` from ``(l2,
+        l1, theta + pi/2)``, nothing makes KEN output ``l1 >= l2``, and the official rule made a snapped ``l2 > l1``
+        isotropic (``K(4.37, 0.85, 3pi/16)``: expert 17, ``K(0.85, 4.37, 11pi/16)``: 24); (b) the angle is snapped
+        on the circle (the official code snaps the raw value).
 
         Args:
             params: ``(B, 3)`` ``(lambda1, lambda2, theta in radians)``, e.g. KEN's output.
@@ -333,10 +352,9 @@ class MoESRGrid:
     def nearest_expert(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """Expert and input transform of the official selection, including its isotropic quirk.
 
-        Like :meth:`nearest`, but the transform always follows the snapped angle: when the snapped kernel is
-        isotropic (``lambda2 >= lambda1``), the official code still rotates/flips for the snapped ``theta`` before
-        running the isotropic expert (harmless in theory, since an isotropic kernel is invariant, but the expert's
-        output differs slightly). :meth:`nearest` returns the grid's own entry (identity transform) instead.
+        Like :meth:`nearest`, but the transform always follows the snapped angle: for an isotropic choice the
+        official code still rotates/flips for the snapped ``theta`` (harmless in theory; the output differs
+        slightly). :meth:`nearest` returns the grid's own entry (identity transform) instead.
 
         Returns:
             ``(expert_index, transform)``, ``(B,)`` long each, on ``params.device``.
@@ -345,6 +363,36 @@ class MoESRGrid:
         grid_index = self._nearest_table[i1, i2, j]
         transform = torch.tensor([_fold_unit(2 * int(v) + 1)[1] for v in j], dtype=torch.long)
         return self.expert_index[grid_index].to(params.device), transform.to(params.device)
+
+    def nearest_l1(self, params: Tensor) -> Tensor:
+        """Eq. 12 as written: ``argmin_i |l1 - l1_i| + |l2 - l2_i| + |theta - theta_i|`` over the grid -> ``(B,)``.
+
+        ``params`` made canonical first; the angle difference on the circle of period ``pi``, and 0 to isotropic grid
+        kernels (the same kernel at every angle; the official list's ``theta = 0`` is a placeholder); ties go to the
+        first grid kernel. On ``params.device``.
+        """
+        p = canonical_params(params.detach().reshape(-1, 3).to(torch.float64))
+        grid = self.params.to(p.device)
+        d_theta = (p[:, None, 2] - grid[None, :, 2]).abs()
+        d_theta = torch.minimum(d_theta, math.pi - d_theta) * (self.theta_index >= 0).to(p.device)
+        dist = (p[:, None, :2] - grid[None, :, :2]).abs().sum(dim=-1) + d_theta
+        return dist.argmin(dim=1).to(params.device)
+
+    def choose(self, params: Tensor, rule: ExpertChoice = "snap") -> Tensor:
+        """Grid index of estimated parameters ``(B, 3)`` by ``rule`` (MoESR inference's ``expert_choice``).
+
+        ``rule``: ``"snap"`` :meth:`nearest` (the official code); ``"eq12"`` :meth:`nearest_l1` (Eq. 12 as written,
+        L1 in parameter space); ``"kernel"``: the grid kernel nearest to ``K(params)`` in sum of absolute pixel
+        differences (:meth:`kernel_nearest`, Eq. 9's distance). Returns ``(B,)`` long indices on ``params.device``.
+        """
+        if rule == "snap":
+            return self.nearest(params)
+        if rule == "eq12":
+            return self.nearest_l1(params)
+        if rule == "kernel":
+            p = params.detach().reshape(-1, 3).to(torch.float64)
+            return self.kernel_nearest(moesr_kernels(p[:, 0], p[:, 1], p[:, 2], self.kernel_size, self.scale))
+        raise ValueError(f"expert choice must be 'snap', 'eq12' or 'kernel', got {rule!r}")
 
     def kernel_nearest(self, kernels: Tensor) -> Tensor:
         """Grid index of the grid kernel closest in sum of absolute errors to each of ``kernels`` ``(B, k, k)``."""

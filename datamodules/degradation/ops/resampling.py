@@ -46,10 +46,18 @@ def _matlab_weights(in_len: int, out_len: int, scale: float, antialias: bool) ->
     return dense
 
 
+@lru_cache(maxsize=16)
+def _matlab_weights_on(
+    in_len: int, out_len: int, scale: float, antialias: bool, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """:func:`_matlab_weights` copied to ``device`` / ``dtype`` once (no host-to-device copy per call)."""
+    return _matlab_weights(in_len, out_len, scale, antialias).to(device=device, dtype=dtype)
+
+
 def _matlab_resize(x: Tensor, out_hw: tuple[int, int], scale_hw: tuple[float, float], antialias: bool) -> Tensor:
     h, w = x.shape[-2:]
-    wh = _matlab_weights(h, out_hw[0], scale_hw[0], antialias).to(device=x.device, dtype=x.dtype)
-    ww = _matlab_weights(w, out_hw[1], scale_hw[1], antialias).to(device=x.device, dtype=x.dtype)
+    wh = _matlab_weights_on(h, out_hw[0], scale_hw[0], antialias, x.device, x.dtype)
+    ww = _matlab_weights_on(w, out_hw[1], scale_hw[1], antialias, x.device, x.dtype)
     return torch.einsum("oh,bchw,pw->bcop", wh, x, ww)
 
 

@@ -1,7 +1,8 @@
 """The classical degradation ``y = (x (*) k) downarrow_s + n``: blur, aligned decimation, optional noise, 8-bit.
 
 ``hr`` ``(B, 3, sH, sW)`` in ``[0, 1]`` -> the batch dict of ``pipelines.base`` with ``kernel`` ``(B, k, k)`` from the
-kernel sampler, applied by correlation and decimated at ``kernels.decimation_phase`` of the sampler's centre.
+kernel sampler, applied by correlation (symmetric border by default, as scipy made DIV2KRK) and decimated at
+``kernels.decimation_phase`` of the sampler's centre.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class ClassicalDegradation(Degradation):
         noise_range: Gaussian noise standard deviation ``U(lo, hi)`` in 8-bit levels (``(0, 0)``: none).
         gray_noise_prob: Probability that a sample's noise is the same on all channels.
         quantize: Round the LR to 8-bit levels (as saved to PNG).
-        border: Padding of the blur (Kornia border type).
+        border: Padding of the blur (``ops.blur_decimate``). Default ``"symmetric"`` (half-sample, ``c b a | a b c``):
+            scipy ``ndimage.correlate``'s default ``mode="reflect"``, with which DIV2KRK was made (KernelGAN's
+            generator); ``"reflect"`` here is PyTorch's whole-sample mirror (``c b | a b c``), scipy's ``"mirror"``.
     """
 
     def __init__(
@@ -34,7 +37,7 @@ class ClassicalDegradation(Degradation):
         noise_range: tuple[float, float] = (0.0, 0.0),
         gray_noise_prob: float = 0.0,
         quantize: bool = True,
-        border: str = "reflect",
+        border: ops.Border = "symmetric",
     ) -> None:
         super().__init__(scale)
         self.kernel_sampler = kernel_sampler if kernel_sampler is not None else DIV2KRKKernelSampler()

@@ -99,6 +99,7 @@ class MixtureDegradation(Degradation):
         if not ids or len(set(ids)) != len(ids) or not all(0 <= i < 52 for i in ids):
             raise ValueError(f"kernel_ids must be distinct ids in 0..51, got {kernel_ids}")
         self.ids = torch.tensor(ids, dtype=torch.long)
+        self._ids_on: dict[torch.device, Tensor] = {}  # ids copied once per device, not every batch
         p = distinct_kernel_params()
         self.kernel_sampler = KernelBankSampler(
             KERNEL_SIZE, a=p["lambda1"][self.ids].tolist(), b=p["lambda2"][self.ids].tolist(),
@@ -123,7 +124,10 @@ class MixtureDegradation(Degradation):
         """``kernel_index`` ``(B,)`` uniform over the group, plus ``kernel_id``, ``lambda1``, ``lambda2``, ``theta``."""
         self._save_split()
         params = self.kernel_sampler.sample(hr_shape[0], generator, device)
-        params["kernel_id"] = self.ids.to(device)[params["kernel_index"]]
+        idx = params["kernel_index"]
+        if idx.device not in self._ids_on:
+            self._ids_on[idx.device] = self.ids.to(idx.device)
+        params["kernel_id"] = self._ids_on[idx.device][idx]
         return params
 
     def kernels(self, kernel_index: Tensor) -> Tensor:
