@@ -12,8 +12,8 @@ Both callbacks share one mechanism (:class:`_FixedBatchLogger`):
 * **Where.** Only the global-rank-zero process renders, with the module in eval mode, under ``torch.no_grad()``
   and the trainer's precision context. If one of ``trainer.loggers`` is a ``WandbLogger`` the images go to W&B
   (``val/images``, ``val/kernels``) at ``step=trainer.global_step``; otherwise, or in addition when
-  ``save_png=True``, they are written as PNG files below ``trainer.log_dir`` (``trainer.default_root_dir`` when
-  that is None).
+  ``save_png=True``, they are written as PNG files below the run's own folder (``SRSystem.run_dir``; for other
+  modules ``trainer.log_dir``, or ``trainer.default_root_dir`` when that is None).
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ class _FixedBatchLogger(Callback, ABC):
         if wandb_logger is None or self.save_png:
             # trainer.log_dir broadcasts from rank zero, so every rank must ask, before the rank-zero check.
             root = trainer.log_dir or trainer.default_root_dir
+            root = str(getattr(pl_module, "run_dir", None) or root)  # SRSystem: this run's own folder
             png_dir = os.path.join(root, self._subdir)
         if not trainer.is_global_zero or self._batch is None:
             return
@@ -200,7 +201,7 @@ class SRImageLogger(_FixedBatchLogger):
     enlarged by nearest-neighbour to ``scale`` times its size, the system's ``super_resolve`` output clamped to
     [0, 1], and the HR ground truth, side by side (LR | SR when the batch has no "hr"). With a ``WandbLogger`` the
     images go to the key ``val/images``; without one they are written to
-    ``<log_dir>/images/epoch{E:04d}_step{S:07d}_{i}.png``.
+    ``<run folder>/images/epoch{E:04d}_step{S:07d}_{i}.png`` (module docstring).
 
     Args:
         every_n_epochs: Log at validation epochs 0, n, 2n, ... (never during the sanity check).
@@ -239,7 +240,7 @@ class KernelGridLogger(_FixedBatchLogger):
     of the first validation batch; when the system has ``estimate_kernel(lr) -> (B,k',k')``, a second row shows its
     estimates for the same LR images. Each kernel is scaled to its own maximum (so shapes, not magnitudes, compare),
     padded centred to the larger of the two sizes, and enlarged by nearest-neighbour to cells of at least 64 px.
-    Logged under ``val/kernels`` (W&B) or as ``<log_dir>/kernels/epoch{E:04d}_step{S:07d}.png``. Batches without
+    Logged under ``val/kernels`` (W&B) or as ``<run folder>/kernels/epoch{E:04d}_step{S:07d}.png``. Batches without
     "kernel" are silently ignored.
 
     Args:

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from datamodules.io import IMAGE_SUFFIXES, ImageReadError, load_rgb, to_tensor
 
 BUILTIN = "builtin"
+# How to skip unreadable images, quoted in errors (the command-line spelling of ``skip_invalid=True``).
+SKIP_HINT = "to skip such files with a warning: --data.init_args.skip_invalid true"
 # The colour photographs that scikit-image ships in skimage/data (no download); synthetic and grey images excluded.
 BUILTIN_PHOTOS = (
     "astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
@@ -110,7 +112,7 @@ class HRImageDataset(Dataset):
                         self._check_size(path, (im.height, im.width))
             except (ImageReadError, OSError) as err:
                 if not skip_invalid:
-                    raise ImageReadError(f"{err} (pass skip_invalid=True to skip such files with a warning)") from err
+                    raise ImageReadError(f"{err} ({SKIP_HINT})") from err
                 warnings.warn(f"skipping {path}: {err}", stacklevel=2)
                 continue
             self.paths.append(path)
@@ -201,17 +203,37 @@ class LRFolderDataset(Dataset):
 
     Args:
         root: A folder, an image file, or ``"builtin"`` (scikit-image's sample photos).
+        skip_invalid: Decode every image once now and leave out (with a warning, listed in ``skipped``) those that
+            cannot be read; otherwise only their headers are checked now and an unreadable file stops the run.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no image (named).
+        ImageReadError: An image cannot be read (named; all are, with ``skip_invalid``).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, skip_invalid: bool = False) -> None:
         self.root = Path(root).expanduser() if str(root) != "builtin" else None
         paths = find_images(root)
         base = self.root if self.root is not None and self.root.is_dir() else None
         named = [(p.relative_to(base).with_suffix("").as_posix() if base else p.stem, p) for p in paths]
-        self.entries = sorted(named, key=lambda t: natural_key(t[0]))
+        self.entries: list[tuple[str, Path]] = []
+        self.skipped: list[str] = []
+        for name, path in sorted(named, key=lambda t: natural_key(t[0])):
+            try:
+                if skip_invalid:
+                    load_rgb(path)
+                else:
+                    with Image.open(path):
+                        pass
+            except (ImageReadError, OSError) as err:
+                if not skip_invalid:
+                    raise ImageReadError(f"cannot read image {path}: {err} ({SKIP_HINT})") from err
+                warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+                self.skipped.append(str(path))
+                continue
+            self.entries.append((name, path))
+        if not self.entries:
+            raise ImageReadError(f"no readable image in {root}")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -223,4 +245,8 @@ class LRFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         name, path = self.entries[index]
-        return {"lr": to_tensor(load_rgb(path)), "name": name, "path": str(path)}
+        try:
+            lr = load_rgb(path)
+        except ImageReadError as err:
+            raise ImageReadError(f"{err} ({SKIP_HINT})") from err
+        return {"lr": to_tensor(lr), "name": name, "path": str(path)}

@@ -4,12 +4,13 @@
   converted), :func:`save_png` writes ``(H, W, 3) uint8`` arrays or ``(3, H, W)`` float ``[0, 1]`` tensors (rounded
   as ``ops.quantize``).
 * Kernels: :func:`load_kernel` reads a MATLAB ``.mat`` kernel (validated, normalised to sum 1, centred as the file
-  centres it), :func:`save_kernel_mat` writes kernels with a fixed header (deterministic bytes).
+  centres it, negative taps kept), :func:`save_kernel_mat` writes kernels with a fixed header (deterministic bytes).
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from torch import Tensor
 from datamodules.degradation.ops import quantize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# Most negative kernel value accepted, as a fraction of the kernel's maximum (interpolation undershoot).
+# Negative taps deeper than this fraction of the peak are reported (once per test set; kept as stored): the usual
+# interpolation undershoot of released kernels stays below it, two DIV2KRK x2 kernels reach 1.6 %.
 NEGATIVE_KERNEL_TOLERANCE = 0.01
 # .mat variables holding the exact kernel that made an LR image as the degradation engine applies it (correlate, then
 # keep every s-th pixel from pixel 0): DIV2KRK-protocol sets (block-centred), mixture-protocol sets (moved s // 2 px).
@@ -85,7 +87,14 @@ def save_png(image: np.ndarray | Tensor, path: str | Path) -> None:
 
 
 def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
-    """Read a blur kernel from a MATLAB ``.mat`` file, validate it and normalise it to sum 1.
+    """Read a blur kernel from a MATLAB ``.mat`` file as stored, validate it and normalise it to sum 1.
+
+    Negative taps are kept as stored: DIV2KRK's released kernels undershoot (most by < 1 % of their peak, two of the
+    100 x2 kernels to -1.6 %), and the files must load as released. :func:`negative_ratio` measures them; the test
+    sets warn once about kernels beyond ``NEGATIVE_KERNEL_TOLERANCE``. What uses them: kernel metrics compare
+    estimates with the stored kernel (``test/kernel_sae``, ``test/kernel_l2``); kernel estimators never see it; the
+    only system that applies it is MoESR with ``use_gt_kernel`` (expert chosen by the sum of absolute errors,
+    fine-tuning downsamples with the stored kernel, negative taps included).
 
     Args:
         path: The ``.mat`` file (MATLAB 5 format, as DIV2KRK and ``datamodules.generate`` write).
@@ -97,15 +106,16 @@ def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
     Raises:
         FileNotFoundError: The file does not exist.
         KeyError: The file has no variable ``key`` (the message lists the ones it has).
-        ValueError: The kernel is not a finite, square, 2-D array with positive sum and (almost) no negative values.
+        ValueError: The file is not a readable ``.mat`` file, or the kernel is not a finite, square, 2-D array with
+            positive peak and sum (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"kernel file {path} does not exist")
     try:
         contents = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read kernel file {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - scipy raises MatReadError, ValueError, OSError, ... for bad files
+        raise ValueError(f"cannot read kernel file {path} ({type(err).__name__}: {err}); is it a MATLAB .mat?") from err
     if key not in contents:
         names = sorted(k for k in contents if not k.startswith("__"))
         raise KeyError(f"kernel file {path} has no variable {key!r} (it has {names})")
@@ -117,12 +127,28 @@ def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
     peak, total = kernel.max(), kernel.sum()
     if peak <= 0 or total <= 0:
         raise ValueError(f"kernel {key!r} in {path} has no positive mass (max {peak:g}, sum {total:g})")
-    if kernel.min() < -NEGATIVE_KERNEL_TOLERANCE * peak:
-        raise ValueError(
-            f"kernel {key!r} in {path} has negative values down to {kernel.min():g} "
-            f"(more than {NEGATIVE_KERNEL_TOLERANCE:.0%} of its peak {peak:g})"
-        )
     return torch.from_numpy(kernel / total).to(torch.float32)
+
+
+def negative_ratio(kernel: Tensor) -> float:
+    """Depth of a kernel's most negative tap as a fraction of its peak (``0`` without negative taps)."""
+    return max(0.0, -float(kernel.min()) / float(kernel.max()))
+
+
+def report_negative_taps(kernels: dict[str, Tensor]) -> list[str]:
+    """Warn once about the kernels ``{name: kernel}`` (a test set) with taps below ``-NEGATIVE_KERNEL_TOLERANCE``.
+
+    Returns the names of those kernels; they are kept as stored (:func:`load_kernel` says what uses them).
+    """
+    deep = {name: r for name, k in kernels.items() if (r := negative_ratio(k)) > NEGATIVE_KERNEL_TOLERANCE}
+    if deep:
+        listed = ", ".join(f"{name} (-{r:.1%})" for name, r in list(deep.items())[:6])
+        warnings.warn(
+            f"{len(deep)} of {len(kernels)} kernels have negative taps beyond {NEGATIVE_KERNEL_TOLERANCE:.0%} of their "
+            f"peak: {listed}{' ...' if len(deep) > 6 else ''}; kept as stored (see datamodules.io.load_kernel)",
+            stacklevel=3,
+        )
+    return list(deep)
 
 
 def save_kernel_mat(path: Path, kernels: dict[str, np.ndarray]) -> None:

@@ -59,7 +59,8 @@ class SRDataModule(L.LightningDataModule):
             release). Test batches always carry block-centred kernels, the convention of the training batches
             (``datamodules.test_sets``).
         predict_dir: Folder (or file) of LR images for ``predict``.
-        skip_invalid: Skip unreadable or too-small training/validation images with a warning instead of failing.
+        skip_invalid: Skip unreadable or too-small training/validation images, and unreadable predict images, with
+            a warning instead of failing.
         preload: Decode all training images once and keep them in memory.
     """
 
@@ -114,6 +115,7 @@ class SRDataModule(L.LightningDataModule):
                 self.train_dirs, hp.patch_size * self.scale, train=True, repeats=hp.repeats,
                 skip_invalid=hp.skip_invalid, preload=hp.preload,
             )  # fmt: skip
+            self._check_one_batch(len(self.train_set.paths))
         if stage in ("fit", "validate") and self.val_set is None:
             self.val_set = HRImageDataset(
                 self.val_dirs, hp.val_patch_size * self.scale, train=False, repeats=hp.val_degradations,
@@ -138,7 +140,19 @@ class SRDataModule(L.LightningDataModule):
         if stage == "predict" and self.predict_set is None:
             if hp.predict_dir is None:
                 raise ValueError("`predict` needs images: pass --data.init_args.predict_dir PATH")
-            self.predict_set = LRFolderDataset(hp.predict_dir)
+            self.predict_set = LRFolderDataset(hp.predict_dir, skip_invalid=hp.skip_invalid)
+
+    def _check_one_batch(self, images: int) -> None:
+        """Refuse a training set smaller than one batch per process (``drop_last``: Lightning would train nothing)."""
+        world, _ = self._world()
+        hp = self.hparams
+        if len(self.train_set) // world < hp.batch_size:
+            repeats = -(-hp.batch_size * world // images)
+            raise ValueError(
+                f"{images} training image(s) x {hp.repeats} repeats = {len(self.train_set)} crops per epoch"
+                f"{f' over {world} processes' if world > 1 else ''}, fewer than one batch of {hp.batch_size}: pass "
+                f"--data.init_args.repeats {repeats}, a smaller --data.init_args.batch_size or more images"
+            )
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -4,9 +4,11 @@ Every benchmark item is a dict (bare LR folders for ``predict``: ``datamodules.i
 
     {"lr": (3, h, w) uint8, "hr": (3, s*h, s*w) uint8, "kernel": (k, k) float32, "name": str}
 
-``"hr"`` and ``"kernel"`` are present only where the set has them; ``"name"`` is the LR file's stem. The HR image
-is cropped top-left to exactly ``scale`` times the LR size (smaller is an error naming both files). Items are sorted
-numerically (``im_2`` before ``im_10``). Kernels: ``.mat`` files read by ``datamodules.io.load_kernel``.
+``"hr"`` and ``"kernel"`` are present where the set has them, and then in every item: an LR image without its HR image
+or kernel is an error naming the files when the set is opened. ``"name"`` is the LR file's stem. The HR image is
+cropped top-left to exactly ``scale`` times the LR size (smaller is an error naming both files). Items are sorted
+numerically (``im_2`` before ``im_10``). Kernels: ``.mat`` files, all read when the set is opened, as stored
+(``datamodules.io.load_kernel``: negative taps kept; deep ones reported in one warning).
 
 Kernel convention of the items (see DESIGN.md, "Conventions that are easy to get wrong"):
     ``item["kernel"]`` is always **the kernel that made the LR image, in the degradation engine's convention**:
@@ -40,7 +42,7 @@ from torch.utils.data import Dataset
 
 from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
 from datamodules.images import natural_key
-from datamodules.io import EXACT_KERNEL_KEYS, IMAGE_SUFFIXES, load_kernel, load_rgb, to_tensor
+from datamodules.io import EXACT_KERNEL_KEYS, IMAGE_SUFFIXES, load_kernel, load_rgb, report_negative_taps, to_tensor
 
 KernelCentre = Literal["pixel", "block"]
 # Folder names of the "paired" layout of ``open_benchmark``, in order of preference.
@@ -97,12 +99,13 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 class _BenchmarkDataset(Dataset):
-    """Shared reading logic: ``entries`` (set by subclasses) -> item dicts (see module docstring)."""
+    """Shared reading logic: ``entries`` (set by subclasses through ``_finish``) -> item dicts (module docstring)."""
 
     scale: int
     kernel_key: str
     kernel_centre: KernelCentre
     entries: list[BenchmarkEntry]
+    kernels: list[Tensor | None]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -122,6 +125,21 @@ class _BenchmarkDataset(Dataset):
         """Whether every item has a ground-truth kernel."""
         return all(e.kernel_path is not None for e in self.entries)
 
+    def _finish(self, entries: list[BenchmarkEntry], hr_where: str | None, kernels_where: str | None) -> None:
+        """Keep ``entries``, read their kernels; a missing HR / kernel where the set has them is an error."""
+        self.entries = entries
+        for what, where, attr in (("HR image", hr_where, "hr_path"), ("kernel", kernels_where, "kernel_path")):
+            missing = [e.lr_path.name for e in entries if getattr(e, attr) is None]
+            if where is not None and missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(entries)} LR images have no {what} (looked for {where}): "
+                    f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; add the files or remove the LR "
+                    "images, so that every image is evaluated alike"
+                )
+        stored = [None if e.kernel_path is None else self.stored_kernel(e.kernel_path) for e in entries]
+        report_negative_taps({e.kernel_path.name: s[0] for e, s in zip(entries, stored, strict=True) if s})
+        self.kernels = [s and (div2krk_kernel_to_block_centre(s[0], self.scale) if s[1] else s[0]) for s in stored]
+
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
         lr = load_rgb(entry.lr_path)
@@ -135,8 +153,8 @@ class _BenchmarkDataset(Dataset):
                     f"image {entry.lr_path} ({lr.shape[1]}x{lr.shape[0]} px -> needs {w}x{h})"
                 )
             item["hr"] = to_tensor(hr[:h, :w])
-        if entry.kernel_path is not None:
-            item["kernel"] = self.read_kernel(entry.kernel_path)
+        if self.kernels[index] is not None:
+            item["kernel"] = self.kernels[index]
         return item
 
     def _kernel_source(self, key: str, centre: KernelCentre) -> None:
@@ -144,15 +162,14 @@ class _BenchmarkDataset(Dataset):
             raise ValueError(f"kernel_centre must be 'pixel' or 'block', got {centre!r}")
         self.kernel_key, self.kernel_centre = key, centre
 
-    def read_kernel(self, path: Path) -> Tensor:
-        """The kernel that made the LR image, engine convention: the exact one if the file has it, else converted."""
+    def stored_kernel(self, path: Path) -> tuple[Tensor, bool]:
+        """The file's exact kernel if it has one, else its ``kernel_key``; and whether it is to be block-centred."""
         for key in EXACT_KERNEL_KEYS:
             try:
-                return load_kernel(path, key)
+                return load_kernel(path, key), False
             except KeyError:
                 continue
-        kernel = load_kernel(path, self.kernel_key)
-        return kernel if self.kernel_centre == "block" else div2krk_kernel_to_block_centre(kernel, self.scale)
+        return load_kernel(path, self.kernel_key), self.kernel_centre == "pixel"
 
 
 class DIV2KRKDataset(_BenchmarkDataset):
@@ -161,23 +178,23 @@ class DIV2KRKDataset(_BenchmarkDataset):
     Layout under ``root``::
 
         lr_x{s}/im_N.png            LR (DIV2KRK stores RGBA with alpha 255; read as RGB)
-        gt/im_N.png                 HR, or gt/img_N_gt.png (the original release's naming); optional per image
-        gt_k_x{s}/kernel_N.mat      ground-truth kernel, key "Kernel" (optional folder)
+        gt/im_N.png                 HR, or gt/img_N_gt.png (the original release's naming); optional folder
+        gt_k_x{s}/kernel_N.mat      ground-truth kernel, key "Kernel"; optional folder
 
-    Items are sorted by ``N``. Kernels are returned block-centred (the kernel that made the LR, see the module
-    docstring), normalised to sum 1; sizes are whatever the files hold (the release: 11x11 for x2, 31x31 for x4).
+    Items are sorted by ``N``. Kernels are returned block-centred (module docstring), normalised to sum 1, of the
+    files' size (the release: 11x11 for x2, 31x31 for x4).
 
     Args:
         root: The set's folder.
         scale: Scale factor ``s`` (selects ``lr_x{s}`` and ``gt_k_x{s}``).
-        require_hr: Raise if any LR image has no HR image (otherwise such items simply lack ``"hr"``, so kernel
-            accuracy can still be measured).
-        require_kernels: Raise if any LR image has no kernel file.
+        require_hr: Raise if the set has no HR images (without, items lack ``"hr"``: kernel accuracy only).
+        require_kernels: Raise if the set has no kernels.
         kernel_key: The ``.mat`` variable to read when a file lacks an exact kernel.
         kernel_centre: Centre of the ``kernel_key`` kernels in the files (``"pixel"``: the DIV2KRK release).
 
     Raises:
-        FileNotFoundError: ``lr_x{s}`` is missing or empty, or a required HR / kernel file is missing (named).
+        FileNotFoundError: ``lr_x{s}`` is missing or empty, or an LR image lacks its HR image / kernel while others
+            have theirs (or they are required): the message names the files.
         ValueError: A file in ``lr_x{s}`` does not follow the ``im_N`` naming, or two HR files claim the same ``N``.
     """
 
@@ -204,22 +221,19 @@ class DIV2KRKDataset(_BenchmarkDataset):
             if match is None:
                 raise ValueError(f"DIV2KRK layout: {lr_path} is not named im_N{lr_path.suffix} (N an integer)")
             n = int(match.group(1))
-            hr_path = hr_files.get(n)
-            if hr_path is None and require_hr:
-                raise FileNotFoundError(
-                    f"no HR image for {lr_path}: looked for {self.root / 'gt'}/im_{n}.* and img_{n}_gt.*"
-                )
             kernel_path = kernel_dir / f"kernel_{n}.mat"
-            if not kernel_path.is_file():
-                if require_kernels:
-                    raise FileNotFoundError(f"no kernel for {lr_path}: {kernel_path} does not exist")
-                kernel_path = None
-            entries.append((n, BenchmarkEntry(lr_path.stem, lr_path, hr_path, kernel_path)))
+            kernel_path = kernel_path if kernel_path.is_file() else None
+            entries.append((n, BenchmarkEntry(lr_path.stem, lr_path, hr_files.get(n), kernel_path)))
         numbers = [n for n, _ in entries]
         if len(set(numbers)) != len(numbers):
             dup = sorted({n for n in numbers if numbers.count(n) > 1})
             raise ValueError(f"DIV2KRK layout: {lr_dir} holds several files for image number(s) {dup}")
-        self.entries = [e for _, e in sorted(entries, key=lambda t: t[0])]
+        has_kernels = kernel_dir.is_dir() and any(kernel_dir.glob("*.mat"))
+        self._finish(
+            [e for _, e in sorted(entries, key=lambda t: t[0])],
+            f"{self.root / 'gt'}/im_N.* or img_N_gt.*" if hr_files or require_hr else None,
+            f"{kernel_dir}/kernel_N.mat" if has_kernels or require_kernels else None,
+        )
 
     @staticmethod
     def _index_hr(gt_dir: Path) -> dict[int, Path]:
@@ -257,14 +271,12 @@ class PairedFolderDataset(_BenchmarkDataset):
         lr_dir: Folder of LR images.
         hr_dir: Folder of HR images; when given, every LR image must have one.
         scale: Scale factor (HR is cropped top-left to ``scale`` x the LR size).
-        kernel_dir: Folder of ``.mat`` kernels; items without a kernel file lack ``"kernel"``.
+        kernel_dir: Folder of ``.mat`` kernels; when given, every LR image must have one.
         kernel_key: The ``.mat`` variable to read when a file lacks an exact kernel.
         kernel_centre: Centre of the ``kernel_key`` kernels in the files (``"pixel"``: as DIV2KRK releases them).
-        require_kernels: Raise if an LR image has no kernel in ``kernel_dir``.
 
     Raises:
-        FileNotFoundError: A folder is missing or empty, an LR image has no HR image, or ``kernel_dir`` holds no
-            kernel for any LR image.
+        FileNotFoundError: A folder is missing or empty, or an LR image has no HR image / kernel (named).
         ValueError: Two files of one folder reduce to the same pairing key (the message names both).
     """
 
@@ -277,7 +289,6 @@ class PairedFolderDataset(_BenchmarkDataset):
         kernel_dir: str | Path | None = None,
         kernel_key: str = "Kernel",
         kernel_centre: KernelCentre = "pixel",
-        require_kernels: bool = False,
     ) -> None:
         self.scale = _check_scale(scale)
         self._kernel_source(kernel_key, kernel_centre)
@@ -289,26 +300,16 @@ class PairedFolderDataset(_BenchmarkDataset):
         hr_by_key = {} if self.hr_dir is None else _keyed(_list_images(self.hr_dir), self.hr_dir)
         if self.kernel_dir is not None and not self.kernel_dir.is_dir():
             raise FileNotFoundError(f"kernel folder {self.kernel_dir} does not exist")
-        self.entries = []
+        entries = []
         for lr_path in lr_files:
             key = pairing_key(lr_path.stem)
-            hr_path = None
-            if self.hr_dir is not None:
-                hr_path = hr_by_key.get(key)
-                if hr_path is None:
-                    raise FileNotFoundError(
-                        f"no HR image for {lr_path} in {self.hr_dir} (looked for a file whose name reduces to "
-                        f"{key!r}, e.g. {key}.png, {key}_HR.png)"
-                    )
-            kernel_path = self._find_kernel(lr_path.stem, key)
-            if kernel_path is None and require_kernels:
-                raise FileNotFoundError(f"no kernel for {lr_path} in {self.kernel_dir}")
-            self.entries.append(BenchmarkEntry(lr_path.stem, lr_path, hr_path, kernel_path))
-        if self.kernel_dir is not None and all(e.kernel_path is None for e in self.entries):
-            raise FileNotFoundError(
-                f"kernel folder {self.kernel_dir} holds no kernel for any LR image of {self.lr_dir} "
-                f"(looked for <name>.mat and kernel_<N>.mat, e.g. {self.entries[0].name}.mat)"
-            )
+            hr_path = hr_by_key.get(key)
+            entries.append(BenchmarkEntry(lr_path.stem, lr_path, hr_path, self._find_kernel(lr_path.stem, key)))
+        self._finish(
+            entries,
+            None if self.hr_dir is None else f"{self.hr_dir}/<name>.png, <name>_HR.png, ...: same pairing_key",
+            None if self.kernel_dir is None else f"{self.kernel_dir}/<LR stem>.mat, <name>.mat or kernel_<N>.mat",
+        )
 
     def _find_kernel(self, stem: str, key: str) -> Path | None:
         if self.kernel_dir is None:
@@ -371,7 +372,7 @@ def open_benchmark(
     if layout == "div2krk" or (layout == "auto" and div2krk_lr.is_dir()):
         if not div2krk_lr.is_dir():
             raise FileNotFoundError(_layout_message(root, scale, f"{div2krk_lr} (layout 'div2krk')"))
-        return DIV2KRKDataset(root, scale)
+        return DIV2KRKDataset(root, scale, kernel_centre=kernel_centre)
     if paired_lr is None:
         looked_for = f"{root}/{' or '.join(PAIRED_LR_DIRS)} (layout 'paired')"
         if layout == "auto":
@@ -379,12 +380,10 @@ def open_benchmark(
         raise FileNotFoundError(_layout_message(root, scale, looked_for))
     hr_dir = _first_dir(root, PAIRED_HR_DIRS)
     if hr_dir is None:
-        raise FileNotFoundError(
-            _layout_message(
-                root, scale, f"{root}/{' or '.join(PAIRED_HR_DIRS)} beside {paired_lr.name}/ (layout 'paired')"
-            )
-        )
-    return PairedFolderDataset(paired_lr, hr_dir, scale=scale, kernel_dir=_first_dir(root, PAIRED_KERNEL_DIRS))
+        looked_for = f"{root}/{' or '.join(PAIRED_HR_DIRS)} beside {paired_lr.name}/ (layout 'paired')"
+        raise FileNotFoundError(_layout_message(root, scale, looked_for))
+    kernel_dir = _first_dir(root, PAIRED_KERNEL_DIRS)
+    return PairedFolderDataset(paired_lr, hr_dir, scale=scale, kernel_dir=kernel_dir, kernel_centre=kernel_centre)
 
 
 def _first_dir(root: Path, names: Sequence[str]) -> Path | None:

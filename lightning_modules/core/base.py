@@ -8,14 +8,19 @@ A system subclasses ``SRSystem`` and implements ``super_resolve(lr) -> sr``; ker
   is compared with on the dashboard).
 * ``test_step``: tiled ``super_resolve`` on full benchmark images; ``test/psnr_y``, ``test/ssim_y`` (and
   ``test/kernel_sae``, ``test/kernel_l2``), next to MATLAB-bicubic ``test/bicubic_psnr_y``, ``test/bicubic_ssim_y``;
-  a per-image table written as CSV to the log dir and logged to W&B as a table; SR images saved as PNG when
+  a per-image table written as CSV to the run folder and logged to W&B as a table; SR images saved as PNG when
   ``save_images``.
 * ``predict_step``: tiled ``super_resolve``; writes ``<name>_x<scale>.png`` (and kernels where estimated).
+
+Outputs go to ``output_dir`` if given, else to a new folder per run, ``<default_root_dir>/<stage>/<Class>-<time>``
+(:attr:`SRSystem.run_dir`; the CLI saves ``config.yaml`` there too), so no run overwrites another's results; test
+and predict print it at the end.
 """
 
 from __future__ import annotations
 
 import csv
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Literal
@@ -52,7 +57,8 @@ class SRSystem(L.LightningModule, ABC):
         tile_size: LR tile side for test/predict (``0``: whole images at once).
         tile_overlap: LR context pixels around each tile (at least the network's receptive-field radius).
         save_images: Save the SR images of ``test`` as PNG next to the results table.
-        output_dir: Folder for test tables, test images and predictions (default: the run's log dir).
+        output_dir: Folder for test tables, test images and predictions (default: a new folder per run,
+            ``<default_root_dir>/<stage>/<Class>-<time>``).
     """
 
     kernel_centre: Literal["pixel", "block"] = "block"
@@ -81,6 +87,7 @@ class SRSystem(L.LightningModule, ABC):
         self.test_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/bicubic_")
         self.test_kernel_metrics = make_kernel_metrics(prefix="test/")
         self._rows: list[dict] = []
+        self._run_dir: tuple[tuple[int, str], Path] | None = None
 
     # ------------------------------------------------------------------------------------------- to implement
     @abstractmethod
@@ -92,7 +99,9 @@ class SRSystem(L.LightningModule, ABC):
         return self.super_resolve(lr)
 
     def setup(self, stage: str) -> None:
-        """Refuse a data scale that differs from the model's (e.g. an x2 checkpoint tested on x4 data)."""
+        """Create the output folder of test/predict; refuse data of another scale than the model's (x2 on x4 data)."""
+        if stage in ("test", "predict"):
+            self.run_dir  # noqa: B018 - every rank takes part in choosing the folder (a broadcast from rank zero)
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and getattr(data, "scale", self.scale) != self.scale:
             raise ValueError(
@@ -163,6 +172,13 @@ class SRSystem(L.LightningModule, ABC):
             paths.append(str(path))
         return paths
 
+    def on_predict_end(self) -> None:
+        """Say where the predictions are, and which input files were skipped as unreadable (``skip_invalid``)."""
+        skipped = getattr(getattr(getattr(self.trainer, "datamodule", None), "predict_set", None), "skipped", [])
+        if self.trainer.is_global_zero:
+            note = f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}" if skipped else ""
+            print(f"[{type(self).__name__} x{self.scale}] predictions: {self._out_dir() / 'predictions'}{note}")
+
     # ----------------------------------------------------------------------------------------------- helpers
     def update_sr_metrics(self, split: str, sr: Tensor, lr: Tensor, hr: Tensor) -> None:
         """Update and log ``{split}/psnr_y``, ``{split}/ssim_y`` of ``sr`` and the MATLAB-bicubic reference of ``lr``.
@@ -203,8 +219,37 @@ class SRSystem(L.LightningModule, ABC):
     def _tiled(self, lr: Tensor) -> Tensor:
         return tiled_forward(self.super_resolve, lr, self.scale, self.tile_size, self.tile_overlap)
 
-    def _out_dir(self) -> Path:
+    @property
+    def run_dir(self) -> Path:
+        """This run's output folder: ``output_dir``, else ``<default_root_dir>/<stage>/<Class>-<time>``.
+
+        The folder is new (never another run's): rank zero creates it on the first request of the stage and the
+        other ranks receive its name, so every rank must ask at the same point (``setup`` of test and predict, the
+        CLI's config saver and the image callbacks do).
+        """
         if self.output_dir is not None:
             return Path(self.output_dir)
         trainer = self.trainer
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        key = (id(trainer), trainer.state.fn.value if trainer.state.fn else "run")
+        if self._run_dir is None or self._run_dir[0] != key:
+            path = None
+            if trainer.is_global_zero:
+                path = str(new_run_dir(Path(trainer.default_root_dir) / key[1], type(self).__name__))
+            self._run_dir = (key, Path(trainer.strategy.broadcast(path)))
+        return self._run_dir[1]
+
+    def _out_dir(self) -> Path:
+        return self.run_dir
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """Create and return a folder ``parent/<name>-<YYYYmmdd-HHMMSS>[-N]`` that did not exist before."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / f"{name}-{stamp}{f'-{n}' if n else ''}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder {parent}/{name}-{stamp}-N")

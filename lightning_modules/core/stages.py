@@ -40,8 +40,10 @@ def read_checkpoint(path: str | Path, produced_by: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({err}); it is produced by:\n    {produced_by}"
+            f"checkpoint {path} cannot be read, truncated or not a PyTorch file? ({reason}); it is produced by:\n"
+            f"    {produced_by}"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
         raise CheckpointError(

@@ -194,7 +194,7 @@ def test_dataset_too_small_raises_naming_file(noise_dir):
     for preload in (True, False):
         with pytest.raises(ImageReadError, match="small.png") as info:
             HRImageDataset(str(root), patch_size=32, preload=preload)
-        assert "skip_invalid" in str(info.value)
+        assert "--data.init_args.skip_invalid true" in str(info.value)  # the command-line spelling of the fix
 
 
 @pytest.mark.parametrize("preload", [True, False])

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from datamodules.degradation.pipelines import ClassicalDegradation
+from datamodules.io import ImageReadError
 from datamodules.sr_datamodule import SRDataModule
 
 
@@ -422,3 +423,23 @@ def test_setup_fit_builds_sets_and_val_params(hr_dir):
     dm.setup("fit")  # idempotent: the fixed parameters are not redrawn
     for k, v in params.items():
         assert torch.equal(dm.val_params[k], v)
+
+
+def test_fewer_training_crops_than_one_batch_stop_with_the_fix(hr_dir):
+    """Lightning would run an epoch of zero batches ("No training batches") and exit 0."""
+    dm = _dm(hr_dir, repeats=1, batch_size=8)  # 5 images x 1 repeat: 5 crops < 8
+    with pytest.raises(ValueError, match=r"5 training image\(s\) x 1 repeats = 5 crops .* --data.init_args.repeats 2"):
+        dm.setup("fit")
+    _dm(hr_dir, repeats=2, batch_size=8).setup("fit")  # 10 crops: one batch
+
+
+def test_predict_set_skips_unreadable_images_when_asked(tmp_path):
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=r"broken.png.*--data.init_args.skip_invalid true"):
+        SRDataModule(scale=2, predict_dir=str(tmp_path), num_workers=0).setup("predict")
+    dm = SRDataModule(scale=2, predict_dir=str(tmp_path), num_workers=0, skip_invalid=True)
+    with pytest.warns(UserWarning, match="broken.png"):
+        dm.setup("predict")
+    assert dm.predict_set.names == ["a", "b"] and dm.predict_set.skipped == [str(tmp_path / "broken.png")]

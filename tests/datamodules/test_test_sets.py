@@ -78,20 +78,45 @@ def test_release_naming_and_rgba_lr(rk_set, tmp_path):
         torch.testing.assert_close(a["kernel"], b["kernel"], rtol=0, atol=0)
 
 
-def test_missing_hr_is_optional_unless_required(rk_set, tmp_path):
+def test_lr_without_its_hr_or_kernel_is_an_error_naming_the_files(rk_set, tmp_path):
+    """A set with HR images / kernels must have them for every LR image (else a blank row and a mean over fewer)."""
     copy = tmp_path / "partial"
     shutil.copytree(rk_set, copy)
     (copy / "gt" / "im_5.png").unlink()
+    (copy / "gt" / "im_7.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"2 of 11 LR images have no HR image .*: im_5\.png, im_7\.png"):
+        DIV2KRKDataset(copy, 4)
+    shutil.rmtree(copy / "gt")  # no HR at all: kernel accuracy only
     ds = DIV2KRKDataset(copy, 4)
-    item = ds[4]
-    assert item["name"] == "im_5" and "hr" not in item and item["kernel"].shape == (31, 31)
-    assert "hr" in ds[3] and not ds.has_hr and ds.has_kernels
-    with pytest.raises(FileNotFoundError, match="im_5"):
+    assert not ds.has_hr and ds.has_kernels and "hr" not in ds[4] and ds[4]["kernel"].shape == (31, 31)
+    with pytest.raises(FileNotFoundError, match="no HR image"):
         DIV2KRKDataset(copy, 4, require_hr=True)
+    (copy / "gt_k_x4" / "kernel_1.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 11 LR images have no kernel .*kernel_N\.mat\): im_1\.png"):
+        DIV2KRKDataset(copy, 4)
     shutil.rmtree(copy / "gt_k_x4")
     assert "kernel" not in DIV2KRKDataset(copy, 4)[0]
-    with pytest.raises(FileNotFoundError, match="kernel_1.mat"):
+    with pytest.raises(FileNotFoundError, match="no kernel"):
         DIV2KRKDataset(copy, 4, require_kernels=True)
+
+
+def test_released_kernels_with_negative_taps_load_as_stored_with_one_warning(rk_set, tmp_path):
+    """Two of DIV2KRK's x2 kernels undershoot to -1.6 % of their peak: the set loads, keeps them, warns once."""
+    copy = tmp_path / "negative"
+    shutil.copytree(rk_set, copy)
+    stored = {}
+    for n in (2, 9):
+        kernel = np.zeros((11, 11))
+        kernel[4:7, 4:7] = 1.0
+        kernel[5, 1] = -0.016
+        stored[n] = kernel
+        scipy.io.savemat(copy / "gt_k_x2" / f"kernel_{n}.mat", {"Kernel": kernel})  # as released: no exact kernel
+    with pytest.warns(UserWarning, match=r"2 of 11 kernels have negative taps .*kernel_2\.mat \(-1\.6%\)") as rec:
+        ds = DIV2KRKDataset(copy, 2, require_kernels=True)
+    assert len([w for w in rec if "negative taps" in str(w.message)]) == 1
+    expected = div2krk_kernel_to_block_centre(torch.from_numpy(stored[2] / stored[2].sum()).float(), 2)
+    torch.testing.assert_close(ds[1]["kernel"], expected)
+    assert ds[1]["kernel"].min() < 0 and ds[8]["kernel"].min() < 0
 
 
 def test_empty_or_misnamed_lr_folder_raises(tmp_path):
@@ -129,11 +154,18 @@ def test_load_kernel_validates_and_normalises(tmp_path):
     good[0, 0] = -0.004  # interpolation undershoot as in the release: accepted, kept
     scipy.io.savemat(path, {"Kernel": good})
     assert load_kernel(path)[0, 0].item() < 0
-    for bad, message in ((np.ones((5, 4)), "square"), (np.ones((2, 3, 3)), "square"), (np.eye(3) - 0.05, "negative")):
+    deep = np.ones((5, 5))
+    deep[0, 0] = -0.05  # deeper than the release: still loaded as stored
+    scipy.io.savemat(path, {"Kernel": deep})
+    assert load_kernel(path)[0, 0].item() == pytest.approx(-0.05 / deep.sum())
+    for bad, message in ((np.ones((5, 4)), "square"), (np.ones((2, 3, 3)), "square"), (-np.ones((3, 3)), "positive")):
         scipy.io.savemat(path, {"Kernel": bad})
         with pytest.raises(ValueError, match=message) as err:
             load_kernel(path)
         assert "k.mat" in str(err.value)
+    path.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))  # a corrupt file names itself (scipy's error does not)
+    with pytest.raises(ValueError, match=r"cannot read kernel file .*k\.mat"):
+        load_kernel(path)
     scipy.io.savemat(path, {"K": np.ones((3, 3))})
     with pytest.raises(KeyError, match="k.mat"):
         load_kernel(path)
@@ -180,13 +212,18 @@ def test_paired_folder_dataset(tmp_path):
     k_dir.mkdir()
     scipy.io.savemat(k_dir / "baby_LR.mat", {"Kernel": np.ones((3, 3))})
     scipy.io.savemat(k_dir / "kernel_2.mat", {"Kernel": np.ones((5, 5))})
+    scipy.io.savemat(k_dir / "bird.mat", {"Kernel": np.ones((3, 3))})
+    scipy.io.savemat(k_dir / "kernel_10.mat", {"Kernel": np.ones((3, 3))})
     ds = PairedFolderDataset(lr_dir, hr_dir, scale=2, kernel_dir=k_dir)
     assert ds.names == ["baby_LR", "bird_x2", "img_2_LR", "img_10_LR"]
     for item in ds:
         assert tuple(item["lr"].shape) == (3, 6, 7) and tuple(item["hr"].shape) == (3, 12, 14)
         np.testing.assert_array_equal(item["hr"].permute(1, 2, 0).numpy(), hr_arrays[item["name"]][:12, :14])
     assert ds[0]["kernel"].shape == (3, 3) and ds[2]["kernel"].shape == (5, 5)
-    assert "kernel" not in ds[1] and "kernel" not in ds[3]
+    (k_dir / "bird.mat").unlink()
+    (k_dir / "kernel_10.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"2 of 4 LR images have no kernel .*: bird_x2\.png, img_10_LR\.png"):
+        PairedFolderDataset(lr_dir, hr_dir, scale=2, kernel_dir=k_dir)
     lr_only = PairedFolderDataset(lr_dir, scale=2)
     assert "hr" not in lr_only[0] and len(lr_only) == 4
     _save(lr_dir / "zebra_LR.png", 6, 7, 99)
@@ -218,6 +255,14 @@ def test_open_benchmark_detects_the_layout(rk_set, tmp_path):
     _save(tmp_path / "HR" / "baby_HR.png", 8, 8, 1)
     paired = open_benchmark(tmp_path, 2)
     assert type(paired) is PairedFolderDataset and paired[0]["hr"].shape == (3, 8, 8)
+    kernel = np.zeros((5, 5))
+    kernel[1:3, 1:3] = 1.0
+    (tmp_path / "kernels").mkdir()
+    scipy.io.savemat(tmp_path / "kernels" / "baby.mat", {"Kernel": kernel})
+    as_stored = torch.from_numpy(kernel / 4).float()
+    torch.testing.assert_close(open_benchmark(tmp_path, 2, kernel_centre="block")[0]["kernel"], as_stored)
+    moved = open_benchmark(tmp_path, 2)[0]["kernel"]  # "pixel" (the release's centre) is moved to the block centre
+    torch.testing.assert_close(moved, div2krk_kernel_to_block_centre(as_stored, 2))
     with pytest.raises(FileNotFoundError, match="lr_x2"):
         open_benchmark(tmp_path, 2, "div2krk")
     shutil.rmtree(tmp_path / "HR")
