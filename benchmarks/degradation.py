@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [run(torch.device(d), args.batch, args.size, args.scale, args.repeats) for d in devices]
     print(
         f"DIV2KRK x{args.scale} pipeline, batch {args.batch} of {args.size}x{args.size} HR, "
-        f"{torch.get_num_threads()} threads, {allocator} (lightning_modules/runtime.py, as main.py)"
+        f"{torch.get_num_threads()} threads, {allocator} (lightning_modules/core/runtime.py, as main.py)"
     )
     head = ["batched s", "unfused s", "loop s", "loop unf. s", "patches/s", "vs loop", "vs unf. loop"]
     print(f"{'device':8} " + " ".join(f"{h:>12}" for h in head))

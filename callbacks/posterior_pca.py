@@ -87,10 +87,10 @@ class PosteriorPCALogger(Callback):
     by the DataModule's ``MixtureDegradation`` (``degrade``); the system's ``posterior(lr) -> (N, M)`` gives
     ``q``; all posteriors are projected on their first 3 principal components (SVD), and the 3-D embedding is drawn
     as three pairwise 2-D scatter plots per group. Logged to W&B as ``val/posterior_pca`` when a ``WandbLogger`` is
-    present and always saved as ``<log_dir>/posterior_pca/epoch{E:04d}_step{S:07d}.png``; the coordinates go to a
-    ``.npz`` beside it (``q``, ``pca``, ``kernel_id``, ``group``). Runs on rank zero at validation epochs 0, n, 2n,
-    ..., never in the sanity check; does nothing for systems without ``posterior`` (or with ``enet = None``, the
-    averaged ensemble) or data without a ``MixtureDegradation``.
+    present and always saved as ``<run folder>/posterior_pca/epoch{E:04d}_step{S:07d}.png`` (``SRSystem.run_dir``);
+    the coordinates go to a ``.npz`` beside it (``q``, ``pca``, ``kernel_id``, ``group``). Runs on rank zero at
+    validation epochs 0, n, 2n, ..., never in the sanity check; does nothing for systems without ``posterior`` (or
+    with ``enet = None``, the averaged ensemble) or data without a ``MixtureDegradation``.
 
     Args:
         every_n_epochs: Render every n-th validation epoch.
@@ -133,6 +133,7 @@ class PosteriorPCALogger(Callback):
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
         root = trainer.log_dir or trainer.default_root_dir  # every rank asks (it broadcasts)
+        root = str(getattr(pl_module, "run_dir", None) or root)  # SRSystem: this run's own folder
         degradation = getattr(getattr(trainer, "datamodule", None), "degradation", None)
         if not trainer.is_global_zero or self._hr is None or not hasattr(pl_module, "posterior"):
             return

@@ -91,10 +91,11 @@ def load_kernel(path: str | Path, key: str = "Kernel") -> Tensor:
 
     Negative taps are kept as stored: DIV2KRK's released kernels undershoot (most by < 1 % of their peak, two of the
     100 x2 kernels to -1.6 %), and the files must load as released. :func:`negative_ratio` measures them; the test
-    sets warn once about kernels beyond ``NEGATIVE_KERNEL_TOLERANCE``. What uses them: kernel metrics compare
-    estimates with the stored kernel (``test/kernel_sae``, ``test/kernel_l2``); kernel estimators never see it; the
-    only system that applies it is MoESR with ``use_gt_kernel`` (expert chosen by the sum of absolute errors,
-    fine-tuning downsamples with the stored kernel, negative taps included).
+    sets warn once about kernels beyond ``NEGATIVE_KERNEL_TOLERANCE``. What uses them: the test sets move them to the
+    block centre (``datamodules.test_sets``, negative taps moved along) and kernel metrics compare estimates with
+    that (``test/kernel_sae``, ``test/kernel_l2``); kernel estimators never see them; the only system that applies
+    them is MoESR with ``use_gt_kernel`` (expert chosen by the sum of absolute errors, fine-tuning downsamples with
+    the kernel, negative taps included).
 
     Args:
         path: The ``.mat`` file (MATLAB 5 format, as DIV2KRK and ``datamodules.generate`` write).

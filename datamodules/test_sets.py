@@ -11,11 +11,11 @@ numerically (``im_2`` before ``im_10``). Kernels: ``.mat`` files, all read when 
 (``datamodules.io.load_kernel``: negative taps kept; deep ones reported in one warning).
 
 Kernel convention of the items (see DESIGN.md, "Conventions that are easy to get wrong"):
-    ``item["kernel"]`` is always **the kernel that made the LR image, in the degradation engine's convention**:
-    block-centred (centre of mass at ``k // 2 + 0.5 * (scale - k % 2)``), correlated with the HR image and
-    decimated from pixel 0 -- the convention of the training batches (``DIV2KRKKernelSampler``), so a system
-    compares its estimates with training and test kernels alike. Files may store kernels otherwise; the datasets
-    convert once, on reading:
+    ``item["kernel"]`` is always **the kernel that made the LR image, as the degradation engine applies it**:
+    correlated with the HR image, every ``s``-th pixel kept from pixel 0. For the DIV2KRK protocol that kernel is
+    block-centred (centre of mass at ``k // 2 + 0.5 * (scale - k % 2)``), the convention of the DIV2KRK and MoESR
+    training batches, so a system compares its estimates with training and test kernels alike. Files may store
+    kernels otherwise; the datasets convert once, on reading:
 
     * the released DIV2KRK ``.mat`` kernels (key ``Kernel``) are centred on the middle pixel, but the LR images were
       made with the kernel shifted to the block centre, ``+0.5 * (scale - 1)`` px: they are moved there with

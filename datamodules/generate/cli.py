@@ -33,7 +33,7 @@ protocol div2krk (the default; DIV2KRK, KernelGAN NeurIPS 2019; MoESR's BSD100RK
   lambda-max), theta ~ U(0, pi), multiplicative noise U(-n, n) per pixel with n ~
   U(0, max-kernel-noise), centred on the block centre. x4 = the same x2 kernel applied twice
   (3k-2 = 31 px for k = 11). HR is cropped top-left to a multiple of lcm(scales); LR = HR
-  correlated with the kernel (reflect border), every s-th pixel from 0, rounded to 8 bit.
+  correlated with the kernel (symmetric border: scipy's "reflect"), every s-th pixel from 0, rounded to 8 bit.
 
   kernel files (read them like DIV2KRK's): gt_k_x{s}/kernel_N.mat holds
     Kernel              the kernel centred on the MIDDLE pixel (shifted by -0.5*(s-1) px), the

@@ -14,13 +14,13 @@ The protocol is DIV2KRK's (KernelGAN, NeurIPS 2019), as MoESR applied it to BSD1
   noise ``U(-n, n)`` with ``n ~ U(0, max_kernel_noise)``, centred on the block centre. The x4 kernel is that x2
   kernel applied twice (``3k - 2`` = 31 for 11), built from the same parameters.
 * The HR image is cropped (top-left) to a multiple of the lcm of the scales; each LR image is the HR image
-  correlated with the block-centred kernel (reflect border), decimated from pixel 0, rounded to 8 bit
-  (``ClassicalDegradation.apply``). No noise, no bicubic.
+  correlated with the block-centred kernel (symmetric border: scipy's "reflect"), decimated from pixel 0, rounded to
+  8 bit (``ClassicalDegradation.apply``). No noise, no bicubic.
 
 Kernel files follow the DIV2KRK release's convention so that a generated set reads exactly like DIV2KRK: the
 ``Kernel`` variable holds the kernel shifted to the middle pixel (``-0.5 * (s - 1)`` px with
 ``kernels.shift_kernel``, renormalised), as the released ``.mat`` files are, although the LR was made with the
-block-centred kernel. ``benchmarks.div2krk_kernel_to_block_centre`` undoes the shift up to the bilinear
+block-centred kernel. ``kernels.div2krk_kernel_to_block_centre`` undoes the shift up to the bilinear
 interpolation's slight extra blur; the exact kernel that made the LR is stored as well, under
 ``KernelBlockCentred``. Both are float64.
 
@@ -209,7 +209,7 @@ def _write_readme(
             "",
             "protocol: image N (sorted source order, from 1) uses a torch.Generator seeded from (seed, N). HR cropped",
             f"top-left to a multiple of {math.lcm(*scales)}. LR = HR correlated with the block-centred kernel",
-            "(reflect border), every s-th pixel from 0, rounded to 8 bit. No noise, no bicubic.",
+            "(symmetric border: scipy's 'reflect'), every s-th pixel from 0, rounded to 8 bit. No noise, no bicubic.",
             "",
             "kernels: gt_k_x{s}/kernel_N.mat, float64. 'Kernel' is centred on the middle pixel, as the DIV2KRK",
             "release stores its kernels (the block-centred kernel shifted by -0.5*(s-1) px, bilinear, renormalised);",

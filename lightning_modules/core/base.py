@@ -48,7 +48,9 @@ class SRSystem(L.LightningModule, ABC):
     Kernel-estimating systems define ``estimate_kernel(lr) -> (B, k, k)`` and state the centre of their estimates in
     the class attribute ``kernel_centre``: ``"block"`` (the degradation engine's convention, DIV2KRK / MoESR) or
     ``"pixel"`` (KOALAnet, DASR style), in which case ``test`` moves them to the block centre
-    (``kernels.div2krk_kernel_to_block_centre``) before comparing them with the batch's block-centred kernels.
+    (``kernels.div2krk_kernel_to_block_centre``) before comparing them with the batch's block-centred kernels. That
+    bilinear half-pixel move costs even a perfect x2 estimate about 0.2 SAE (``tests/core/test_kernel_convention.py``):
+    a parametric estimator should rather evaluate its kernel block-centred on the ground truth's grid, as MoESR does.
 
     Args:
         scale: Super-resolution factor (linked from the DataModule's ``scale``).

@@ -196,7 +196,7 @@ class BlindSRCLI(LightningCLI):
             )
         self._apply_hparams(cfg, path, {k: v for k, v in hparams.items() if k != "scale"})
         self._ckpt = (path, ckpt["state_dict"], produced_by)
-        self._continue_wandb_run(cfg, ckpt.get(WANDB_ID_KEY))
+        self._continue_wandb_run(self._cfg(), ckpt.get(WANDB_ID_KEY))  # _apply_hparams may have replaced the config
 
     def _ckpt_file(self, cfg) -> str | None:
         """``--ckpt_path`` as a file: itself, or for ``last`` the ``last.ckpt`` of the config's checkpoint callback."""

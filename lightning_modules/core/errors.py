@@ -39,6 +39,8 @@ def user_error(err: BaseException) -> str | None:
     for exc in chain:  # the outermost of the project's own (it may add a hint to a deeper one)
         if not isinstance(exc, USER_ERRORS):
             continue
+        if isinstance(exc, KeyError) and " " not in str(exc.args[0] if exc.args else ""):
+            continue  # a bare missing key (KeyError('x')) is a bug, not an explained input error
         message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         if "Original Traceback" in message:  # raised in a DataLoader worker: its last line is the error
             lines = message.rstrip().splitlines()

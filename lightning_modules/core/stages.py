@@ -5,7 +5,7 @@ check go through here, so a missing or mismatched checkpoint always stops with a
 command that produces it, never with silent random weights. Checkpoints load with ``weights_only=True`` and strict
 keys.
 
-* :func:`read_checkpoint`, :func:`check_state_dict`, :func:`load_weights`: read and check a Lightning checkpoint.
+* :func:`read_checkpoint`, :func:`check_state_dict`: read and check a Lightning checkpoint.
 * :func:`stage_hparams`: the hyper-parameters a later stage needs from it (and its scale), checked.
 * :func:`freeze`, :class:`FrozenParts`: frozen earlier stages stay in eval mode whatever ``train()`` is called with.
 * :func:`exclude_from_checkpoint`: frozen parts loaded from their own files are not saved again.
@@ -83,12 +83,6 @@ def check_state_dict(
             + f"\nit is produced by:\n    {produced_by}"
         )
     return theirs
-
-
-def load_weights(module: nn.Module, path: str | Path, produced_by: str, prefix: str = "") -> None:
-    """Load the weights of ``module`` from the Lightning checkpoint ``path`` (keys under ``prefix``), strictly."""
-    ckpt = read_checkpoint(path, produced_by)
-    module.load_state_dict(check_state_dict(module, ckpt["state_dict"], path, produced_by, prefix), strict=True)
 
 
 def stage_hparams(ckpt: dict, path: str | Path, keys: Sequence[str], command: str, scale: int | None = None) -> dict:

@@ -150,7 +150,7 @@ class KernelSplit:
 
         return {
             "method": "Wang et al. 2020 mixture of networks: 52 distinct 11x11 Gaussians, see "
-            "datamodules/degradation/mixture.py",
+            "datamodules/degradation/kernels/mixture.py",
             "seed": self.seed,
             "isotropic": self.isotropic,
             "seen": list(self.seen),

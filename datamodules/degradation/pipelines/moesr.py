@@ -134,6 +134,8 @@ class MoESRKernelDegradation(Degradation):
         border: str = "reflect",
     ) -> None:
         super().__init__(scale)
+        if scale not in KERNEL_SIZES:
+            raise ValueError(f"MoESR's kernels are defined for x2 and x4, got x{scale}")
         low, high = (float(v) for v in lambda_range)
         if not 0 < low <= high:
             raise ValueError(f"lambda_range must be (low, high) with 0 < low <= high, got {tuple(lambda_range)}")
