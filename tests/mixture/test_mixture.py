@@ -4,6 +4,7 @@ import csv
 import functools
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -429,7 +430,8 @@ def test_mixture_fit_and_test_through_the_cli_with_pca_plot(enet_ckpt, tiny_test
     for k, v in model.prior.state_dict().items():
         torch.testing.assert_close(v, pre[f"enet.{k}"])
     assert {"val/loss", "val/psnr_y", "train/kl"} <= set(cli.trainer.callback_metrics)
-    pngs = sorted((tmp_path / "posterior_pca").glob("*.png"))
+    pngs = sorted(pathlib.Path(model.run_dir).glob("posterior_pca/*.png"))  # in this run's own folder
+    assert pngs and str(model.run_dir).startswith(str(tmp_path))
     assert pngs and Image.open(pngs[-1]).size[0] > 300
     pts = np.load(str(pngs[-1]).replace(".png", ".npz"))
     assert pts["q"].shape == (len(pts["kernel_id"]), 2) and set(pts["group"].tolist()) == {0, 1}
