@@ -223,8 +223,7 @@ class LRFolderDataset(Dataset):
                 if skip_invalid:
                     load_rgb(path)
                 else:
-                    with Image.open(path):
-                        pass
+                    Image.open(path).close()  # the header only: a file that is no image fails here
             except (ImageReadError, OSError) as err:
                 if not skip_invalid:
                     raise ImageReadError(f"cannot read image {path}: {err} ({SKIP_HINT})") from err
