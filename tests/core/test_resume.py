@@ -9,19 +9,13 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import resume_trainer
 
 
 def fit(tmp_path, name: str, extra_callbacks: list, extra_args: list) -> subprocess.CompletedProcess:
     cfg = {
         "seed_everything": 0,
-        "trainer": {
-            "max_steps": 9, "deterministic": True, "logger": False, "enable_progress_bar": False,
-            "val_check_interval": 4, "check_val_every_n_epoch": None, "limit_val_batches": 2,
-            "default_root_dir": str(tmp_path / name),
-            "callbacks": [{"class_path": "callbacks.checkpoint.StageCheckpoint",
-                           "init_args": {"dirpath": str(tmp_path / name / "ckpt"), "every_n_train_steps": 3}}]
-            + extra_callbacks,
-        },
+        "trainer": resume_trainer(tmp_path, name, extra_callbacks),
         "model": {"init_args": {"num_layers": 3, "channels": 8}},
         # 9 built-in photos, batch 2, drop_last: 4 batches per epoch, so step 3 is mid-epoch 0
         "data": {"init_args": {"batch_size": 2, "patch_size": 12, "val_patch_size": 16, "num_workers": 0,
