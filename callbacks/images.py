@@ -198,7 +198,8 @@ class SRImageLogger(_FixedBatchLogger):
     """Logs LR | SR | HR panels of a fixed validation batch.
 
     For each of the first ``max_images`` samples of the first validation batch, one image is made: the LR input
-    enlarged by nearest-neighbour to ``scale`` times its size, the system's ``super_resolve`` output clamped to
+    enlarged by nearest-neighbour to ``scale`` times its size, the system's ``super_resolve`` output (for non-blind
+    systems, ``sr_function_for(batch)``: bound to the batch's kernels) clamped to
     [0, 1], and the HR ground truth, side by side (LR | SR when the batch has no "hr"). With a ``WandbLogger`` the
     images go to the key ``val/images``; without one they are written to
     ``<run folder>/images/epoch{E:04d}_step{S:07d}_{i}.png`` (module docstring).
@@ -221,7 +222,8 @@ class SRImageLogger(_FixedBatchLogger):
     ) -> list[tuple[np.ndarray, str]]:
         scale = int(pl_module.scale)
         lr = batch["lr"]
-        sr = self._run(trainer, pl_module, pl_module.super_resolve, lr).clamp(0.0, 1.0).cpu()
+        fn = pl_module.sr_function_for(batch) if hasattr(pl_module, "sr_function_for") else pl_module.super_resolve
+        sr = self._run(trainer, pl_module, fn, lr).clamp(0.0, 1.0).cpu()
         lr_up = F.interpolate(lr.float(), scale_factor=scale, mode="nearest")
         hr = batch.get("hr")
         names = batch.get("name") or [f"sample {i}" for i in range(lr.shape[0])]

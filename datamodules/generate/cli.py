@@ -1,7 +1,8 @@
 """``python -m datamodules.generate``: one command line for every test-set writer, chosen by ``--protocol``.
 
-``--hr``, ``--out``, ``--limit`` / ``--max-images`` and ``--overwrite`` are shared; the other options belong to one
-protocol and are refused with the other (their defaults are applied after parsing, so a given option is detectable).
+``--hr``, ``--out``, ``--limit`` / ``--max-images`` and ``--overwrite`` are shared; the other options belong to some
+protocols (``DEFAULTS``) and are refused with the others (their defaults are applied after parsing, so a given option
+is detectable).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from datamodules.generate.div2krk import generate
+from datamodules.generate.kenet import generate_kenet
 from datamodules.generate.mixture import write_mixture_set
 from datamodules.io import ImageReadError
 
@@ -24,7 +26,8 @@ MIXTURE_DEFAULTS = {
     "scale": 2, "kernels": "unseen", "split_seed": 0, "split_file": "checkpoints/mixture/kernel_split.json",
     "kernels_per_image": None,
 }  # fmt: skip
-DEFAULTS = {"div2krk": DIV2KRK_DEFAULTS, "mixture": MIXTURE_DEFAULTS}
+KENET_DEFAULTS = {"scales": [2, 4], "seed": 0, "sigma_min": 0.2, "sigma_max": 4.0, "device": "cpu"}
+DEFAULTS = {"div2krk": DIV2KRK_DEFAULTS, "kenet": KENET_DEFAULTS, "mixture": MIXTURE_DEFAULTS}
 
 EPILOG = """\
 protocol div2krk (the default; DIV2KRK, KernelGAN NeurIPS 2019; MoESR's BSD100RK / Urban100RK):
@@ -45,6 +48,14 @@ protocol div2krk (the default; DIV2KRK, KernelGAN NeurIPS 2019; MoESR's BSD100RK
   output: OUT/gt/im_N.png  OUT/lr_x{s}/im_N.png  OUT/gt_k_x{s}/kernel_N.mat  OUT/README.txt
   The same arguments give byte-identical files; a different seed gives different kernels.
 
+protocol kenet (KENet, Cao et al., Sec. 3.1, after FKP's generator):
+  the div2krk layout, files, seeding and LR, with KENet's kernels: image N draws standard
+  deviations sigma1, sigma2 ~ U(sigma-min, sigma-max) independently and theta ~ U(0, pi) once;
+  that draw gives an 11x11 x2 kernel and a 21x21 x4 kernel (the same Gaussian, not x2 applied
+  twice), centre of mass moved onto the block centre as FKP's kernel_shift does, no kernel
+  noise (datamodules.degradation.samplers.
+  KENetKernelSampler). Kernel files hold Kernel and KernelBlockCentred as for div2krk.
+
 protocol mixture (variational mixture of networks, Wang et al., Pattern Recognition 2020):
   every HR image (directly in the one --hr folder, sorted) is cropped top-left to a multiple
   of --scale and degraded by every kernel of the --kernels group: 11x11 Gaussians centred on
@@ -60,29 +71,31 @@ protocol mixture (variational mixture of networks, Wang et al., Pattern Recognit
 
 examples:
   python -m datamodules.generate --hr data/test/BSD100 --out data/test/BSD100RK --scales 2 4 --seed 0
+  python -m datamodules.generate --protocol kenet --hr data/test/Set5 --out data_local/kenet/Set5 --scales 2 4
   python -m datamodules.generate --protocol mixture --hr data/test/Set5 --out data_local/mixture/Set5_unseen_x2 \\
       --scale 2 --kernels unseen
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``python -m datamodules.generate`` (both protocols)."""
+    """The command-line interface of ``python -m datamodules.generate`` (every protocol)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write a test set from a folder of HR images. --protocol div2krk (default): random anisotropic\n"
         "Gaussian kernels, x2 and x4, in DIV2KRK's layout (read by datamodules.test_sets.DIV2KRKDataset).\n"
+        "--protocol kenet: KENet's anisotropic Gaussians (11x11 x2, 21x21 x4), same layout.\n"
         "--protocol mixture: every image x every seen or unseen kernel of Wang et al. 2020, paired layout.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d, m = DIV2KRK_DEFAULTS, MIXTURE_DEFAULTS
-    common = parser.add_argument_group("both protocols")
+    d, k, m = DIV2KRK_DEFAULTS, KENET_DEFAULTS, MIXTURE_DEFAULTS
+    common = parser.add_argument_group("every protocol")
     common.add_argument(
         "--protocol", choices=sorted(DEFAULTS), default="div2krk", help="which test set to write (default: div2krk)"
     )
     common.add_argument(
         "--hr", required=True, nargs="+", metavar="DIR",
-        help="div2krk: HR image folder(s) (searched recursively), image files, or 'builtin'; "
+        help="div2krk, kenet: HR image folder(s) (searched recursively), image files, or 'builtin'; "
         "mixture: one folder of HR images (not searched recursively)",
     )  # fmt: skip
     common.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
@@ -94,15 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace the files of an earlier run in --out (only those; without it, such a folder is refused)",
     )  # fmt: skip
-    rk = parser.add_argument_group("--protocol div2krk only")
-    rk.add_argument(
+    both = parser.add_argument_group("--protocol div2krk and kenet")
+    both.add_argument(
         "--scales",
         type=int,
         nargs="+",
         choices=[2, 4],
         help=f"scale factors to write (default: {' '.join(map(str, d['scales']))})",
     )
-    rk.add_argument("--seed", type=int, help=f"non-negative base seed (default: {d['seed']})")
+    both.add_argument("--seed", type=int, help=f"non-negative base seed (default: {d['seed']})")
+    both.add_argument(
+        "--device",
+        help=f"device for blurring, e.g. cuda (kernels are always drawn on the CPU) (default: {d['device']})",
+    )
+    rk = parser.add_argument_group("--protocol div2krk only")
     rk.add_argument(
         "--kernel-size", type=int,
         help=f"odd side of the x2 kernel; x4 kernels are 3k-2 (default: {d['kernel_size']}, as DIV2KRK)",
@@ -120,9 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-kernel-noise", type=float,
         help=f"upper bound of the multiplicative kernel-noise level (default: {d['max_kernel_noise']})",
     )  # fmt: skip
-    rk.add_argument(
-        "--device",
-        help=f"device for blurring, e.g. cuda (kernels are always drawn on the CPU) (default: {d['device']})",
+    ke = parser.add_argument_group("--protocol kenet only")
+    ke.add_argument(
+        "--sigma-min", type=float, help=f"smallest kernel standard deviation, HR px (default: {k['sigma_min']})"
+    )
+    ke.add_argument(
+        "--sigma-max", type=float, help=f"largest kernel standard deviation, HR px (default: {k['sigma_max']})"
     )
     mx = parser.add_argument_group("--protocol mixture only")
     mx.add_argument("--scale", type=int, help=f"downscaling factor (default: {m['scale']})")
@@ -144,11 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """Refuse the other protocol's options, then fill this protocol's defaults."""
+    """Refuse the other protocols' options, then fill this protocol's defaults."""
+    owners: dict[str, list[str]] = {}  # option -> the protocols that take it
     for protocol, defaults in DEFAULTS.items():
-        given = [f"--{k.replace('_', '-')}" for k in defaults if getattr(args, k) is not None]
-        if protocol != args.protocol and given:
-            parser.error(f"{', '.join(given)}: only with --protocol {protocol}")
+        for key in defaults:
+            owners.setdefault(key, []).append(protocol)
+    refused: dict[str, list[str]] = {}  # "div2krk or kenet" -> options given
+    for key, protocols in owners.items():
+        if args.protocol not in protocols and getattr(args, key) is not None:
+            refused.setdefault(" or ".join(protocols), []).append(f"--{key.replace('_', '-')}")
+    for protocols, given in refused.items():
+        parser.error(f"{', '.join(given)}: only with --protocol {protocols}")
     for key, value in DEFAULTS[args.protocol].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -170,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kernels_per_image=args.kernels_per_image, max_images=args.limit, overwrite=args.overwrite,
             )  # fmt: skip
             print(f"wrote {n} LR images to {args.out}")
+        elif args.protocol == "kenet":
+            generate_kenet(
+                args.hr, args.out, args.scales, args.seed, (args.sigma_min, args.sigma_max), args.limit, args.device,
+                args.overwrite, command,
+            )  # fmt: skip
         else:
             generate(
                 args.hr, args.out, args.scales, args.seed, args.kernel_size, (args.lambda_min, args.lambda_max),

@@ -28,6 +28,10 @@ Output (``out/``): ``gt/im_N.png``, ``lr_x{s}/im_N.png``, ``gt_k_x{s}/kernel_N.m
 command, seed, source folder, protocol and which source file became which ``im_N``). Two runs with the same
 arguments write byte-identical PNG and ``.mat`` files (same device and library versions: the ``.mat`` header
 holds a fixed text instead of scipy's time stamp).
+
+Everything but the kernel draw is shared with the other protocols in this layout (``--protocol kenet``,
+``datamodules.generate.kenet``): ``write_kernel_set`` takes the sampler and a ``KernelSetProtocol`` that names the
+protocol and describes its kernels in ``README.txt``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +49,30 @@ import torch
 
 from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from datamodules.degradation.pipelines import ClassicalDegradation
-from datamodules.degradation.samplers import DIV2KRKKernelSampler
+from datamodules.degradation.samplers import DIV2KRKKernelSampler, KENetKernelSampler
 from datamodules.generate.common import crop_to_multiple, prepare_out, save_lr_png
 from datamodules.images import find_images
 from datamodules.io import ImageReadError, load_rgb, save_kernel_mat, save_png, to_tensor
 
 OWN_FILES = re.compile(r"^(?:im_\d+\.png|kernel_\d+\.mat)$")
 """Names of the files a run writes in ``gt/``, ``lr_x{s}/`` and ``gt_k_x{s}/`` (``--overwrite`` deletes only these)."""
+
+
+@dataclass(frozen=True)
+class KernelSetProtocol:
+    """What distinguishes one protocol of the DIV2KRK layout: its name, its own options, its kernels' description.
+
+    Args:
+        name: Name in messages and ``README.txt``'s title (``"DIV2KRK"``, ``"KENet"``).
+        protocol_args: Command-line arguments that select it (``()`` for the default, div2krk).
+        options: Its own options with their values, as ``README.txt`` records them when no command is given.
+        kernel_lines: ``README.txt`` lines describing the kernel draw.
+    """
+
+    name: str
+    protocol_args: tuple[str, ...]
+    options: tuple[str, ...]
+    kernel_lines: tuple[str, ...]
 
 
 def image_generator(seed: int, index: int) -> torch.Generator:
@@ -96,15 +118,77 @@ def generate(
         FileExistsError: ``out`` holds an earlier run and ``overwrite`` is False.
         ValueError: An argument is out of range.
     """
-    scales = sorted(set(int(s) for s in scales))
-    if not scales or any(s not in (2, 4) for s in scales):
-        raise ValueError(f"the DIV2KRK protocol is defined for scales 2 and 4, got {scales}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
     if not 0 < lambda_range[0] <= lambda_range[1]:
         raise ValueError(f"need 0 < lambda-min <= lambda-max, got {lambda_range}")
     if not 0 <= max_kernel_noise < 1:
         raise ValueError(f"max-kernel-noise must be in [0, 1), got {max_kernel_noise}")
+    sampler = DIV2KRKKernelSampler(
+        kernel_size=kernel_size, lambda_range=lambda_range, max_kernel_noise=max_kernel_noise
+    )
+    protocol = KernelSetProtocol(
+        name="DIV2KRK",
+        protocol_args=(),
+        options=(
+            "--kernel-size",
+            str(kernel_size),
+            "--lambda-min",
+            str(lambda_range[0]),
+            "--lambda-max",
+            str(lambda_range[1]),
+            "--max-kernel-noise",
+            str(max_kernel_noise),
+        ),
+        kernel_lines=(
+            f"x2 kernel: {kernel_size}x{kernel_size} anisotropic Gaussian, variances U({lambda_range[0]}, "
+            f"{lambda_range[1]}), theta U(0, pi), multiplicative noise up to {max_kernel_noise}; x4 = x2 applied twice",
+        ),
+    )
+    return write_kernel_set(hr, out, sampler, protocol, scales, seed, limit, device, overwrite, command)
+
+
+def write_kernel_set(
+    hr: str | Sequence[str],
+    out: str | Path,
+    sampler: DIV2KRKKernelSampler | KENetKernelSampler,
+    protocol: KernelSetProtocol,
+    scales: Sequence[int] = (2, 4),
+    seed: int = 0,
+    limit: int | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    command: str | None = None,
+) -> int:
+    """Write a set in the DIV2KRK layout with kernels from ``sampler`` (one draw per image, every scale).
+
+    Image ``N`` draws its kernel parameters once from ``image_generator(seed, N)``; each scale's
+    ``ClassicalDegradation`` builds its kernel from that draw (block-centred, decimation from pixel 0).
+
+    Args:
+        hr: HR folder(s) / files / ``"builtin"`` (``images.find_images``).
+        out: Output folder.
+        sampler: A block-centred kernel sampler defined at x2 and x4.
+        protocol: Name, options and kernel description for messages and ``README.txt``.
+        scales: Subset of ``(2, 4)``.
+        seed: Non-negative base seed.
+        limit: Only the first ``limit`` images.
+        device: Device that blurs (kernels are drawn on the CPU, so the set does not depend on it).
+        overwrite: Replace an earlier run's files in ``out``.
+        command: The command line recorded in ``README.txt`` (default: reconstructed from the arguments).
+
+    Returns:
+        The number of images written.
+
+    Raises:
+        FileNotFoundError: An HR folder is missing or holds no image (named).
+        ImageReadError: An HR file cannot be read or is too small (named).
+        FileExistsError: ``out`` holds an earlier run and ``overwrite`` is False.
+        ValueError: An argument is out of range.
+    """
+    scales = sorted(set(int(s) for s in scales))
+    if not scales or any(s not in (2, 4) for s in scales):
+        raise ValueError(f"the {protocol.name} protocol is defined for scales 2 and 4, got {scales}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     paths = find_images(hr)
@@ -112,10 +196,7 @@ def generate(
         paths = paths[:limit]
     out = Path(out).expanduser()
     dev = torch.device(device)
-    sampler = DIV2KRKKernelSampler(
-        kernel_size=kernel_size, lambda_range=lambda_range, max_kernel_noise=max_kernel_noise
-    )
-    # One sampler, one draw of x2 parameters per image; each scale's pipeline builds its kernel from that draw.
+    # One sampler, one draw of parameters per image; each scale's pipeline builds its kernel from that draw.
     degradations = {s: ClassicalDegradation(scale=s, kernel_sampler=sampler) for s in scales}
     for s, deg in degradations.items():
         if deg.phase != 0:  # block-centred odd kernels always give 0; DIV2KRK decimates from pixel 0
@@ -154,7 +235,8 @@ def generate(
                 sizes.append(f"x{s} {lr.shape[1]}x{lr.shape[0]} k{exact.shape[-1]}")
             sources.append(f"im_{n}\t{path}\t{w}x{h}")
             print(f"{n}/{total} {path.name} -> im_{n} (HR {w}x{h}; {', '.join(sizes)})", flush=True)
-    _write_readme(out, hr, scales, seed, kernel_size, lambda_range, max_kernel_noise, limit, command, sources)
+    sizes_by_scale = {s: sampler.kernel_size(s) for s in scales}
+    _write_readme(out, hr, scales, seed, sizes_by_scale, protocol, limit, command, sources)
     print(f"done: {total} image(s) in {time.perf_counter() - start:.1f} s -> {out}", flush=True)
     return total
 
@@ -164,9 +246,8 @@ def _write_readme(
     hr: str | Sequence[str],
     scales: Sequence[int],
     seed: int,
-    kernel_size: int,
-    lambda_range: tuple[float, float],
-    max_kernel_noise: float,
+    kernel_sizes: dict[int, int],
+    protocol: KernelSetProtocol,
     limit: int | None,
     command: str | None,
     sources: Sequence[str],
@@ -174,6 +255,7 @@ def _write_readme(
     hr_list = [hr] if isinstance(hr, (str, Path)) else list(hr)
     if command is None:
         args = [
+            *protocol.protocol_args,
             "--hr",
             *map(str, hr_list),
             "--out",
@@ -182,30 +264,21 @@ def _write_readme(
             *map(str, scales),
             "--seed",
             str(seed),
-            "--kernel-size",
-            str(kernel_size),
-            "--lambda-min",
-            str(lambda_range[0]),
-            "--lambda-max",
-            str(lambda_range[1]),
-            "--max-kernel-noise",
-            str(max_kernel_noise),
+            *protocol.options,
         ]
         if limit is not None:
             args += ["--limit", str(limit)]
         command = "python -m datamodules.generate " + shlex.join(args)
-    big = {s: kernel_size if s == 2 else 3 * kernel_size - 2 for s in scales}
     text = "\n".join(
         [
-            "DIV2KRK-protocol test set written by blindsr (python -m datamodules.generate)",
+            f"{protocol.name}-protocol test set written by blindsr (python -m datamodules.generate)",
             "",
             f"command: {command}",
             f"seed: {seed}",
             f"source: {', '.join(str(Path(p).expanduser().resolve()) if str(p) != 'builtin' else p for p in hr_list)}",
             f"images: {len(sources)}",
-            f"scales: {', '.join(f'x{s} (kernel {big[s]}x{big[s]})' for s in scales)}",
-            f"x2 kernel: {kernel_size}x{kernel_size} anisotropic Gaussian, variances U({lambda_range[0]}, "
-            f"{lambda_range[1]}), theta U(0, pi), multiplicative noise up to {max_kernel_noise}; x4 = x2 applied twice",
+            f"scales: {', '.join(f'x{s} (kernel {kernel_sizes[s]}x{kernel_sizes[s]})' for s in scales)}",
+            *protocol.kernel_lines,
             "",
             "protocol: image N (sorted source order, from 1) uses a torch.Generator seeded from (seed, N). HR cropped",
             f"top-left to a multiple of {math.lcm(*scales)}. LR = HR correlated with the block-centred kernel",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -99,6 +100,13 @@ class SRSystem(L.LightningModule, ABC):
     def forward(self, lr: Tensor) -> Tensor:
         """Alias of ``super_resolve``."""
         return self.super_resolve(lr)
+
+    def sr_function_for(self, batch: dict) -> Callable[[Tensor], Tensor]:
+        """The SR function for the LR images of ``batch``: ``super_resolve``; non-blind systems bind its kernels.
+
+        Used by callbacks that super-resolve a stored validation batch (``callbacks.SRImageLogger``).
+        """
+        return self.super_resolve
 
     def setup(self, stage: str) -> None:
         """Create the output folder of test/predict; refuse data of another scale than the model's (x2 on x4 data)."""

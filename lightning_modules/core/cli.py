@@ -45,12 +45,17 @@ from lightning_modules.core.stages import CheckpointError, check_state_dict, rea
 SYSTEM_MODULES = (
     "lightning_modules.baselines.bicubic",
     "lightning_modules.baselines.single_net",
+    "lightning_modules.kenet.estimator",
+    "lightning_modules.kenet.usrnet",
+    "lightning_modules.kenet.blind",
+    "lightning_modules.kenet.components",
     "lightning_modules.mixture.enet_pretrain",
     "lightning_modules.mixture.joint",
     "lightning_modules.moesr.experts",
     "lightning_modules.moesr.ise",
     "lightning_modules.moesr.ken",
     "lightning_modules.moesr.inference",
+    "lightning_modules.moesr.adapters",
 )
 for _name in SYSTEM_MODULES:
     importlib.import_module(_name)

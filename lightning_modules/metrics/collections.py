@@ -1,9 +1,9 @@
 """torchmetrics classes over the functional metrics, and the collections the systems log.
 
 Each metric is the mean of per-item values (per image for :class:`PSNRY` / :class:`SSIMY`, per kernel for
-:class:`KernelSAE` / :class:`KernelL2`). It keeps a float64 ``total`` and an integer ``count``, both reduced by
-summation, so it gives the same result on one process and under DDP. ``update(preds, target)`` takes RGB batches
-``(B, 3, H, W)`` in ``[0, 1]`` (image metrics) or kernels ``(k, k)`` / ``(B, k, k)`` (kernel metrics).
+:class:`KernelSAE` / :class:`KernelL2` / :class:`KernelPSNR`). It keeps a float64 ``total`` and an integer ``count``,
+both reduced by summation, so it gives the same result on one process and under DDP. ``update(preds, target)`` takes
+RGB batches ``(B, 3, H, W)`` in ``[0, 1]`` (image metrics) or kernels ``(k, k)`` / ``(B, k, k)`` (kernel metrics).
 """
 
 from __future__ import annotations
@@ -18,14 +18,23 @@ from torch.nn import Module
 from torchmetrics import Metric, MetricCollection
 
 from lightning_modules.metrics.image import psnr_y, ssim_y
-from lightning_modules.metrics.kernel import kernel_sae, kernel_shift_aligned_l2
+from lightning_modules.metrics.kernel import kernel_psnr, kernel_sae, kernel_shift_aligned_l2
 from lightning_modules.metrics.protocol import get_metric_protocol, resolve_shave
 
-__all__ = ["PSNR_CLAMP_DB", "PSNRY", "SSIMY", "KernelL2", "KernelSAE", "make_kernel_metrics", "make_sr_metrics"]
+__all__ = [
+    "PSNR_CLAMP_DB",
+    "PSNRY",
+    "SSIMY",
+    "KernelL2",
+    "KernelPSNR",
+    "KernelSAE",
+    "make_kernel_metrics",
+    "make_sr_metrics",
+]
 
 PSNR_CLAMP_DB: float = 100.0
-"""Upper bound applied to per-image PSNR by :class:`PSNRY` so that identical images (infinite PSNR) keep the mean
-finite."""
+"""Upper bound applied to per-image PSNR by :class:`PSNRY` (and per-kernel PSNR by :class:`KernelPSNR`) so that
+identical images (infinite PSNR) keep the mean finite."""
 
 
 class _MeanOfPerItem(Metric, ABC):
@@ -165,6 +174,23 @@ class KernelL2(_MeanOfPerItem):
         return kernel_shift_aligned_l2(preds, target, max_shift=self.max_shift, squared=self.squared)
 
 
+class KernelPSNR(_MeanOfPerItem):
+    """Mean per-kernel PSNR of FKP (:func:`kernel_psnr`, peak 1), DDP-syncable; KENet's "kernel PSNR".
+
+    Per-kernel values are clamped at :data:`PSNR_CLAMP_DB` (100 dB) before averaging, as :class:`PSNRY` does, so an
+    exact estimate (infinite PSNR) keeps the mean finite. ``update(est, gt)`` takes kernels ``(k, k)`` or
+    ``(B, k, k)``; sizes may differ (zero-padded to a common size, over which the mean squared error is taken).
+
+    Args:
+        **kwargs: Passed to :class:`torchmetrics.Metric`.
+    """
+
+    higher_is_better = True
+
+    def _per_item(self, preds: Tensor, target: Tensor) -> Tensor:
+        return kernel_psnr(preds, target).clamp(max=PSNR_CLAMP_DB)
+
+
 def make_sr_metrics(scale: int, protocol: str = "standard", prefix: str = "val/") -> MetricCollection:
     """Y-PSNR and Y-SSIM under one protocol, as a collection logged as ``{prefix}psnr_y`` and ``{prefix}ssim_y``.
 
@@ -184,9 +210,9 @@ def make_sr_metrics(scale: int, protocol: str = "standard", prefix: str = "val/"
 
 
 def make_kernel_metrics(prefix: str = "test/", max_shift: int = 3) -> MetricCollection:
-    """Kernel SAE and shift-aligned l2, as a collection logged as ``{prefix}kernel_sae`` and ``{prefix}kernel_l2``.
+    """Kernel SAE, shift-aligned l2 and kernel PSNR, logged as ``{prefix}kernel_sae``, ``_l2`` and ``_psnr``.
 
-    Compute groups are disabled: both metrics have identically named states (and equal values for perfect
+    Compute groups are disabled: the metrics have identically named states (and equal values for perfect
     estimates), which torchmetrics would otherwise merge into one.
 
     Args:
@@ -194,8 +220,7 @@ def make_kernel_metrics(prefix: str = "test/", max_shift: int = 3) -> MetricColl
         max_shift: Largest shift of :class:`KernelL2`.
 
     Returns:
-        A :class:`torchmetrics.MetricCollection` with keys ``kernel_sae`` and ``kernel_l2``.
+        A :class:`torchmetrics.MetricCollection` with keys ``kernel_sae``, ``kernel_l2`` and ``kernel_psnr``.
     """
-    return MetricCollection(
-        {"kernel_sae": KernelSAE(), "kernel_l2": KernelL2(max_shift=max_shift)}, prefix=prefix, compute_groups=False
-    )
+    metrics = {"kernel_sae": KernelSAE(), "kernel_l2": KernelL2(max_shift=max_shift), "kernel_psnr": KernelPSNR()}
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)

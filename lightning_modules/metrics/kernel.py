@@ -7,6 +7,7 @@ are zero-padded symmetrically to a common size first (:func:`pad_to_common_size`
 * :func:`kernel_sae`: sum of absolute errors (MoESR Fig. 4, KernelGAN-style), no alignment.
 * :func:`kernel_shift_aligned_l2`: KOALAnet Table 4 / Eq. (9), the minimum over integer shifts of the estimate of
   the sum of squared errors.
+* :func:`kernel_psnr`: FKP's kernel PSNR (peak 1, mean squared error over the kernel's pixels), no alignment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from datamodules.degradation.kernels import pad_centred
 
-__all__ = ["kernel_sae", "kernel_shift_aligned_l2", "pad_to_common_size"]
+__all__ = ["kernel_psnr", "kernel_sae", "kernel_shift_aligned_l2", "pad_to_common_size"]
 
 
 def _as_kernel_batch(k: Tensor, name: str) -> Tensor:
@@ -119,3 +120,27 @@ def kernel_shift_aligned_l2(est: Tensor, gt: Tensor, max_shift: int = 3, squared
     shifted = est_canvas.unfold(1, h + 2 * m, 1).unfold(2, w + 2 * m, 1)  # (B, 2m+1, 2m+1, h+2m, w+2m)
     err = (shifted - gt_canvas[:, None, None]).square().sum(dim=(-2, -1)).flatten(1).amin(dim=1)
     return err if squared else err.sqrt()
+
+
+def kernel_psnr(est: Tensor, gt: Tensor) -> Tensor:
+    """Kernel PSNR as FKP defines it: ``20 log10(1 / sqrt(mean((gt - est)^2)))`` dB, peak 1, no alignment.
+
+    FKP (JingyunLiang/FKP, ``DIPFKP/util.py``, ``calculate_psnr(..., is_kernel=True)``) takes the mean over all
+    kernel pixels. The KENet paper reports "kernel PSNR" (its Table 2) without a definition; this is FKP's, which
+    KENet cites for its data and compares with. Kernels of different sizes are zero-padded to a common size first
+    (:func:`pad_to_common_size`) and the mean runs over that common grid, so the value depends on the padded size
+    (zero-padding both kernels by a ring lowers the MSE and raises the PSNR); compare kernels of the same size.
+
+    Args:
+        est: Estimated kernel(s) ``(k1, k1)`` or ``(B, k1, k1)``.
+        gt: Ground-truth kernel(s) ``(k2, k2)`` or ``(B, k2, k2)``; a single kernel broadcasts over the batch.
+
+    Returns:
+        ``(B,)`` float64 PSNR in dB, ``inf`` where the kernels are identical (``B = 1`` for two single kernels).
+
+    Raises:
+        ValueError: On malformed shapes or incompatible batch sizes.
+    """
+    est, gt = _prepare_kernels(est, gt)
+    mse = (est - gt).square().mean(dim=(-2, -1))
+    return 20 * torch.log10(1 / mse.sqrt())

@@ -8,28 +8,24 @@ middle pixel. Parameters are ``(B, 3)`` ``(lambda1, lambda2, theta)`` in KEN's c
   and size (kernel accuracy against ground truths, the ``.mat`` files).
 * :func:`fit_kernel_size`, :func:`kernel_moments`: a ground truth in MoESR's convention
   and its parameters (``use_gt_kernel``).
-* :func:`save_kernel_files`: ``<stem>.mat`` (``Kernel``: the estimate in the DIV2KRK convention, middle-pixel
-  centred, grid size; ``KernelBlockCentred``: the kernel used for fine-tuning; ``params``) through
-  ``datamodules.io.save_kernel_mat``, and ``<stem>.png`` (:func:`kernel_png`: scaled to its maximum, enlarged 16x).
+* ``save_kernel_files`` / ``kernel_png`` (from ``core.kernel_files``): ``<stem>.mat`` (``Kernel``: the estimate in
+  the DIV2KRK convention, middle-pixel centred, grid size; ``KernelBlockCentred``: the kernel used for fine-tuning;
+  ``params``) and ``<stem>.png`` (scaled to its maximum, enlarged 16x).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from datamodules.degradation.kernels import gaussian_kernels, pad_centred
 from datamodules.degradation.kernels.moesr import moesr_kernels
-from datamodules.io import save_kernel_mat
+from lightning_modules.core.kernel_files import kernel_png as kernel_png
+from lightning_modules.core.kernel_files import save_kernel_files as save_kernel_files
 from lightning_modules.nets.moesr import ken_params
-
-KERNEL_PNG_ZOOM = 16
 
 
 def ken_kernels(params: Tensor, size: int, scale: int) -> Tensor:
@@ -76,28 +72,3 @@ def fit_kernel_size(kernels: Tensor, size: int) -> Tensor:
         d = k - size
         kernels = kernels[..., d // 2 : d // 2 + size, d // 2 : d // 2 + size]
     return kernels / kernels.sum(dim=(-2, -1), keepdim=True)
-
-
-def kernel_png(kernel: Tensor, path: Path, zoom: int = KERNEL_PNG_ZOOM) -> None:
-    """Write a ``(k, k)`` kernel as an 8-bit grey PNG, scaled to its maximum and enlarged ``zoom`` times."""
-    k = kernel.detach().to("cpu", torch.float64).clamp_min(0)
-    arr = (k / k.max().clamp_min(1e-12) * 255).round().to(torch.uint8).numpy()
-    arr = np.kron(arr, np.ones((zoom, zoom), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr, mode="L").save(path)
-
-
-def save_kernel_files(stem: Path, estimate: Tensor, used: Tensor, params: Tensor) -> None:
-    """Write ``<stem>.mat`` and ``<stem>.png`` of one image's kernel.
-
-    Args:
-        stem: Path without suffix, e.g. ``out/test_images/im_1_x2_kernel``; parent folders are created.
-        estimate: ``(k, k)`` the estimate in the DIV2KRK convention (``Kernel``).
-        used: ``(k, k)`` block-centred kernel used for fine-tuning (``KernelBlockCentred``; also the PNG).
-        params: ``(3,)`` ``lambda1, lambda2, theta`` (``params``).
-    """
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"Kernel": estimate, "KernelBlockCentred": used, "params": params}
-    arrays = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in arrays.items()}
-    save_kernel_mat(stem.with_suffix(".mat"), arrays)
-    kernel_png(used, stem.with_suffix(".png"))

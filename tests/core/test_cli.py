@@ -31,11 +31,18 @@ def test_stage_config_instantiates(config, tmp_path):
     assert cli.model.scale == cli.datamodule.scale
 
 
+def base_of(piece: Path) -> Path:
+    """The stage a piece is written for: ``configs/<method>/cpu/<stage>.yaml`` -> ``configs/<method>/<stage>.yaml``
+    where that exists, else the single-network baseline."""
+    stage = piece.parent.parent / piece.name
+    return stage if piece.parent.name == "cpu" and stage.is_file() else REPO / "configs/baselines/single_net.yaml"
+
+
 @pytest.mark.parametrize("piece", PIECES, ids=lambda p: str(p.relative_to(REPO)))
-def test_config_piece_composes_onto_baseline(piece, tmp_path):
+def test_config_piece_composes_onto_its_stage(piece, tmp_path):
     args = [
         "-c",
-        str(REPO / "configs/baselines/single_net.yaml"),
+        str(base_of(piece)),
         "-c",
         str(piece),
         f"--trainer.default_root_dir={tmp_path}",

@@ -1,7 +1,7 @@
-"""Tests for datamodules.generate, the test-set writers: the DIV2KRK protocol (default) and the mixture protocol.
+"""Tests for datamodules.generate, the test-set writers: the DIV2KRK protocol (default), KENet's and the mixture one.
 
-The DIV2KRK-protocol set is written from the 11 crops of ``test_test_sets.py`` (which reads it back); the mixture sets
-from crops of the built-in photos. Nothing here reads ``/work/shared/data``.
+The DIV2KRK-protocol set is written from the 11 crops of ``test_test_sets.py`` (which reads it back), the KENet one
+from the first 4 of them, the mixture sets from crops of the built-in photos. Nothing here reads ``/work/shared/data``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ import torch
 from PIL import Image
 
 from datamodules.degradation import ops
-from datamodules.degradation.kernels import compose_x2_twice, div2krk_kernel_to_block_centre
+from datamodules.degradation.kernels import (
+    block_centre_to_div2krk_kernel,
+    compose_x2_twice,
+    div2krk_kernel_to_block_centre,
+)
 from datamodules.degradation.kernels.mixture import make_split, mixture_kernels
+from datamodules.degradation.pipelines import ClassicalDegradation
 from datamodules.degradation.pipelines.mixture import MixtureDegradation
-from datamodules.generate import build_parser, main, write_mixture_set
+from datamodules.degradation.samplers import KENetKernelSampler
+from datamodules.generate import build_parser, image_generator, main, write_mixture_set
 from datamodules.generate.mixture import from_phase
 from datamodules.images import builtin_photo_paths
 from datamodules.io import load_kernel, load_rgb
@@ -210,4 +216,85 @@ def test_mixture_protocol_refuses_other_options_and_earlier_runs(mixture_set, tm
 def test_help_documents_both_protocols():
     text = build_parser().format_help()
     for phrase in ("--protocol", "paired", "--kernels-per-image", "--split-file", "--max-images", "symmetric border"):
+        assert phrase in text, phrase
+
+
+# --------------------------------------------------------------------------------------------- KENet protocol
+
+
+@pytest.fixture(scope="module")
+def kenet_set(hr_dir, tmp_path_factory) -> Path:
+    """The first 4 crops of ``hr_dir`` with KENet's kernels, x2 and x4, through the command line."""
+    out = tmp_path_factory.mktemp("kenet") / "set"
+    args = ["--protocol", "kenet", "--hr", str(hr_dir), "--out", str(out), "--scales", "2", "4", "--limit", "4"]
+    assert main(args) == 0
+    return out
+
+
+def test_kenet_set_reads_as_div2krk_and_regenerates_with_the_engine(kenet_set):
+    sampler = KENetKernelSampler()
+    for scale, size in ((2, 11), (4, 21)):
+        ds = DIV2KRKDataset(kenet_set, scale, require_hr=True, require_kernels=True)
+        assert len(ds) == 4
+        deg = ClassicalDegradation(scale, kernel_sampler=sampler)
+        for n, (item, entry) in enumerate(zip(ds, ds.entries, strict=True), start=1):
+            assert item["kernel"].shape == (size, size)
+            # the item's kernel is the sampler's kernel of the draw seeded from (seed 0, N)
+            params = sampler.sample(1, image_generator(0, n), "cpu")
+            torch.testing.assert_close(item["kernel"].double(), sampler.kernels(params, scale)[0].double())
+            # the engine, given that draw, remakes the stored LR exactly
+            lr = deg.apply(item["hr"][None].float() / 255, params)["lr"][0]
+            assert torch.equal((lr * 255).round().to(torch.uint8), item["lr"]), item["name"]
+            # 'Kernel' is stored the DIV2KRK way (middle pixel); 'KernelBlockCentred' is the exact kernel
+            exact = load_kernel(entry.kernel_path, "KernelBlockCentred")
+            torch.testing.assert_close(exact, item["kernel"])
+            div2krk_way = block_centre_to_div2krk_kernel(exact.double()[None], scale)[0]
+            torch.testing.assert_close(load_kernel(entry.kernel_path).double(), div2krk_way)
+    readme = (kenet_set / "README.txt").read_text()
+    assert readme.startswith("KENet-protocol test set")
+    assert "--protocol kenet" in readme and "standard deviations sigma1, sigma2 ~ U(0.2, 4.0)" in readme
+    assert "x2 (kernel 11x11), x4 (kernel 21x21)" in readme
+    assert "variances U(" not in readme and "applied twice" not in readme  # the div2krk description is not used
+
+
+def test_kenet_set_is_deterministic_and_follows_its_options(hr_dir, kenet_set, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
+    base = ["--protocol", "kenet", "--hr", str(hr_dir), "--scales", "2", "4", "--limit", "4"]
+    assert main([*base, "--out", str(again), "--seed", "0", "--device", "cpu"]) == 0
+    assert main([*base, "--out", str(other), "--sigma-min", "0.5", "--sigma-max", "0.8"]) == 0
+    files = sorted(p.relative_to(kenet_set) for p in kenet_set.rglob("*") if p.suffix in (".png", ".mat"))
+    assert len(files) == 4 * 5
+    for rel in files:
+        assert (kenet_set / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (kenet_set / "gt_k_x2/kernel_1.mat").read_bytes() != (other / "gt_k_x2/kernel_1.mat").read_bytes()
+    # the sigma range is respected: the kernels of 0.5 <= sigma <= 0.8 are narrower than any with sigma >= 0.8 could be
+    for n in range(1, 5):
+        k = load_kernel(other / "gt_k_x4" / f"kernel_{n}.mat", "KernelBlockCentred").double()
+        idx = torch.arange(21, dtype=torch.float64)
+        cy, cx = _centre_of_mass(k)
+        var = (k * ((idx[:, None] - cy) ** 2 + (idx[None, :] - cx) ** 2)).sum().item()  # sigma1^2 + sigma2^2
+        assert 2 * 0.5**2 - 0.01 < var < 2 * 0.8**2 + 0.01
+    assert "sigma2 ~ U(0.5, 0.8)" in (other / "README.txt").read_text()
+
+
+def test_kenet_protocol_refuses_div2krk_options(hr_dir, tmp_path, capsys):
+    base = ["--protocol", "kenet", "--hr", str(hr_dir), "--out", str(tmp_path / "o")]
+    for option, value in (("--kernel-size", "13"), ("--lambda-max", "4"), ("--max-kernel-noise", "0.1")):
+        with pytest.raises(SystemExit):
+            main([*base, option, value])
+        assert f"{option}: only with --protocol div2krk" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--hr", str(hr_dir), "--out", str(tmp_path / "o"), "--sigma-max", "3"])
+    assert "--sigma-max: only with --protocol kenet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--protocol", "mixture", "--hr", str(hr_dir), "--out", str(tmp_path / "o"), "--seed", "2"])
+    assert "--seed: only with --protocol div2krk or kenet" in capsys.readouterr().err
+    assert main([*base, "--sigma-min", "3", "--sigma-max", "2"]) == 2
+    assert "sigma-min <= sigma-max" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_documents_the_kenet_protocol():
+    text = build_parser().format_help()
+    for phrase in ("protocol kenet", "--sigma-min", "--sigma-max", "11x11 x2 kernel and a 21x21 x4 kernel"):
         assert phrase in text, phrase

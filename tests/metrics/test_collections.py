@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from lightning_modules.metrics import (
+    PSNR_CLAMP_DB,
     PSNRY,
     SSIMY,
     KernelL2,
+    KernelPSNR,
     KernelSAE,
+    kernel_psnr,
     kernel_sae,
     kernel_shift_aligned_l2,
     make_kernel_metrics,
@@ -46,7 +49,8 @@ def test_metric_class_attributes() -> None:
         assert cls.higher_is_better is True
     for cls in (KernelSAE, KernelL2):
         assert cls.higher_is_better is False
-    for cls in (PSNRY, SSIMY, KernelSAE, KernelL2):
+    assert KernelPSNR.higher_is_better is True
+    for cls in (PSNRY, SSIMY, KernelSAE, KernelL2, KernelPSNR):
         assert cls.full_state_update is False and cls.is_differentiable is False
     m = PSNRY(scale=2)
     assert m.total.dtype == torch.float64
@@ -96,9 +100,10 @@ def test_kernel_metric_classes() -> None:
     coll.update(est[:2], gt[:2])
     coll.update(est[2:], gt[2:])
     out = coll.compute()
-    assert set(out) == {"test/kernel_sae", "test/kernel_l2"}
+    assert set(out) == {"test/kernel_sae", "test/kernel_l2", "test/kernel_psnr"}
     assert abs(out["test/kernel_sae"].item() - kernel_sae(est, gt).mean().item()) < 1e-14
     assert abs(out["test/kernel_l2"].item() - kernel_shift_aligned_l2(est, gt).mean().item()) < 1e-15
+    assert abs(out["test/kernel_psnr"].item() - kernel_psnr(est, gt).mean().item()) < 1e-12
     # Perfect estimates on the first batch must not merge the two metrics' states (compute groups disabled).
     coll2 = make_kernel_metrics(prefix="val/")
     coll2.update(gt[:2], gt[:2])
@@ -108,3 +113,22 @@ def test_kernel_metric_classes() -> None:
     single = KernelSAE()
     single.update(est[0], gt[0])
     assert single.count.item() == 1
+
+
+def test_kernel_psnr_metric_is_the_mean_of_clamped_per_kernel_values() -> None:
+    """Per-kernel PSNR against numpy (FKP's formula), averaged; an exact estimate counts as the clamp value."""
+    est, gt = gauss_kernels(3, 11, seed=21), gauss_kernels(3, 11, seed=22)
+    metric = KernelPSNR()
+    metric.update(gt[:1], gt[:1])  # identical: infinite PSNR, clamped
+    assert metric.last_values.tolist() == [PSNR_CLAMP_DB]
+    assert metric.compute().item() == PSNR_CLAMP_DB
+    metric.update(est, gt)
+    values = [-10 * math.log10(np.mean((e.numpy() - g.numpy()) ** 2)) for e, g in zip(est, gt, strict=True)]
+    assert metric.compute().item() == pytest.approx((PSNR_CLAMP_DB + sum(values)) / 4, abs=1e-10)
+    assert max(values) < PSNR_CLAMP_DB
+    whole, a, b = KernelPSNR(), KernelPSNR(), KernelPSNR()
+    whole.update(est, gt)
+    a.update(est[:1], gt[:1])
+    b.update(est[1:], gt[1:])
+    a.merge_state(b)
+    assert abs(a.compute().item() - whole.compute().item()) < 1e-12

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from lightning_modules.metrics import kernel_sae, kernel_shift_aligned_l2, pad_to_common_size
+from lightning_modules.metrics import kernel_psnr, kernel_sae, kernel_shift_aligned_l2, pad_to_common_size
 from tests.metrics.reference import gauss_kernels
 
 
@@ -93,3 +94,37 @@ def test_kernel_shift_is_not_truncated() -> None:
         kernel_shift_aligned_l2(a, b, max_shift=-1)
     with pytest.raises(ValueError):
         kernel_sae(torch.zeros(1, 1, 3, 3), b)
+
+
+def _fkp_kernel_psnr(gt: np.ndarray, est: np.ndarray) -> float:
+    """FKP's ``calculate_psnr(gt, est, is_kernel=True)``, written out in numpy."""
+    mse = np.mean((gt.astype(np.float64) - est.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 20 * math.log10(1.0 / math.sqrt(mse))
+
+
+def test_kernel_psnr_against_numpy() -> None:
+    est, gt = gauss_kernels(4, 11, seed=11), gauss_kernels(4, 11, seed=12)
+    got = kernel_psnr(est.float(), gt.float())  # float32 inputs are computed in float64
+    assert got.shape == (4,) and got.dtype == torch.float64
+    for b in range(4):
+        ref = _fkp_kernel_psnr(gt[b].float().numpy(), est[b].float().numpy())
+        assert got[b].item() == pytest.approx(ref, abs=1e-9)
+    assert (got > 30).all() and (got < 80).all()
+    # a single ground-truth kernel broadcasts; different sizes: the mean is over the common (padded) grid
+    est13 = gauss_kernels(2, 13, seed=13)
+    padded = np.pad(gt[0].numpy(), 1)
+    single = kernel_psnr(est13, gt[0])
+    for b in range(2):
+        assert single[b].item() == pytest.approx(_fkp_kernel_psnr(padded, est13[b].numpy()), abs=1e-9)
+    # hand value: two taps off by 0.1 in a 5x5 kernel -> mse 0.02 / 25 -> 10 log10(1250) = 30.97 dB
+    a = torch.zeros(5, 5)
+    b = torch.zeros(5, 5)
+    a[2, 2], b[2, 2], b[2, 3] = 1.0, 0.9, 0.1
+    assert kernel_psnr(a, b).item() == pytest.approx(10 * math.log10(25 / 0.02))
+
+
+def test_kernel_psnr_identical_kernels_are_infinite() -> None:
+    k = gauss_kernels(2, 11, seed=14)
+    assert torch.isinf(kernel_psnr(k, k.clone())).all()
+    with pytest.raises(ValueError):
+        kernel_psnr(torch.zeros(1, 1, 3, 3), k)

@@ -2,7 +2,7 @@
 
 * ``conventions``: the ``param`` / ``centre`` / ``convention`` choices, ``kernel_mean``, ``decimation_phase``,
   ``pad_centred``, ``shift_kernel``, ``centre_of_mass``, batched ``shift_kernels`` / ``recentre_kernels`` and the
-  DIV2KRK <-> block-centre conversions.
+  DIV2KRK <-> block-centre and block-centre <-> USRNet (``block_centre_to_usrnet``: rot180) conversions.
 * ``gaussian``: anisotropic / isotropic Gaussians, banks from parameter grids, ``compose_x2_twice``.
 * ``cubic``: Keys' cubic, the bicubic kernel, KOALAnet's kernels; ``sinc``: DASR's sinc filters and supports.
 * ``moesr`` (MoESR's grid and its folding) and ``mixture`` (the mixture paper's kernel set and split): import
@@ -15,6 +15,7 @@ from datamodules.degradation.kernels.conventions import Centre as Centre
 from datamodules.degradation.kernels.conventions import Convention as Convention
 from datamodules.degradation.kernels.conventions import Param as Param
 from datamodules.degradation.kernels.conventions import block_centre_to_div2krk_kernel as block_centre_to_div2krk_kernel
+from datamodules.degradation.kernels.conventions import block_centre_to_usrnet as block_centre_to_usrnet
 from datamodules.degradation.kernels.conventions import centre_of_mass as centre_of_mass
 from datamodules.degradation.kernels.conventions import decimation_phase as decimation_phase
 from datamodules.degradation.kernels.conventions import div2krk_kernel_to_block_centre as div2krk_kernel_to_block_centre
@@ -23,6 +24,7 @@ from datamodules.degradation.kernels.conventions import pad_centred as pad_centr
 from datamodules.degradation.kernels.conventions import recentre_kernels as recentre_kernels
 from datamodules.degradation.kernels.conventions import shift_kernel as shift_kernel
 from datamodules.degradation.kernels.conventions import shift_kernels as shift_kernels
+from datamodules.degradation.kernels.conventions import usrnet_to_block_centre as usrnet_to_block_centre
 from datamodules.degradation.kernels.cubic import bicubic_kernel as bicubic_kernel
 from datamodules.degradation.kernels.cubic import cubic as cubic
 from datamodules.degradation.kernels.cubic import koala_kernels as koala_kernels

@@ -22,6 +22,10 @@ The DIV2KRK ``.mat`` kernels as released are centred on the middle pixel, but th
 kernel shifted to the block centre (see DESIGN.md): ``div2krk_kernel_to_block_centre`` (``shift_kernel`` by
 ``+0.5 * (scale - 1)``) regenerates them, ``block_centre_to_div2krk_kernel`` stores a block-centred kernel the DIV2KRK
 way; compare estimated kernels only after aligning centres (``lightning_modules.metrics``).
+
+USRNet / KAIR convolve their kernel (centre ``k // 2``, circular boundary) and keep the upper-left pixel of each
+block: ``block_centre_to_usrnet`` (a 180-degree rotation, proved in its docstring) turns a block-centred, correlated
+kernel into the one USRNet must be given, ``usrnet_to_block_centre`` back.
 """
 
 from __future__ import annotations
@@ -205,3 +209,43 @@ def block_centre_to_div2krk_kernel(kernel: Tensor, scale: int) -> Tensor:
     offset = -0.5 * (scale - 1)
     shifted = shift_kernel(kernel, offset, offset)
     return shifted / shifted.sum(dim=(-2, -1), keepdim=True)
+
+
+def block_centre_to_usrnet(kernel: Tensor) -> Tensor:
+    """The kernel USRNet / KAIR must be given to reproduce an engine degradation: rotated by 180 degrees.
+
+    The engine makes an LR image as ``ops.decimate(ops.blur(x, K_b, mode="correlate"), s, 0)`` with a block-centred
+    ``K_b``; USRNet's model (``lightning_modules.nets.layers.fft``) is ``(x (*) K_u)[0::s, 0::s]`` with a circular
+    convolution through ``psf2otf``. Proof that ``K_u = flip(K_b)`` (any ``k``, odd or even, any ``s``):
+
+    * ``ops.blur`` pads ``(k - 1) // 2`` before and ``k // 2`` after, so a correlation is
+      ``c[p] = sum_j K_b[j] x[p + j - (k - 1) // 2]``;
+    * ``psf2otf`` rolls the zero-padded kernel by ``-(k // 2)``, so USRNet's blur is
+      ``u[p] = sum_i K_u[i] x[p - i + k // 2]``; substituting ``i = k - 1 - j`` and using
+      ``k - 1 - k // 2 = (k - 1) // 2`` gives ``u[p] = sum_j K_u[k - 1 - j] x[p + j - (k - 1) // 2]``;
+    * so ``u`` is the correlation with ``flip(K_u)``: ``u == c`` for every ``p`` iff ``K_u = flip(K_b)`` (in both
+      axes), and keeping pixel 0 of each block of both gives the same LR image.
+
+    Checked numerically (``tests/degradation/test_usrnet_convention.py``; max difference ~1e-15 in float64 for
+    k = 4, 5, 10, 11, 20, 21 and s = 2, 3, 4 with a circular border). The mean moves to ``k - 1 - mu``: for odd ``k``
+    from the block centre ``k // 2 + 0.5 (s - 1)`` to KAIR's ``k // 2 - 0.5 (s - 1)``. Giving USRNet ``K_b`` unflipped
+    samples each block ``s - 1`` px off. For centrally symmetric kernels (every Gaussian) the flip equals an integer
+    shift by ``-(s - 1)`` px, so shifting instead of flipping happens to work for them only.
+
+    Args:
+        kernel: ``(..., k, k)`` block-centred kernels as the engine correlates them (``item["kernel"]`` of the test
+            sets, ``gaussian_kernels(..., centre="block")``).
+
+    Returns:
+        ``(..., k, k)`` kernels in USRNet's convention (convolved, upper-left decimation).
+    """
+    return kernel.flip(-2, -1)
+
+
+def usrnet_to_block_centre(kernel: Tensor) -> Tensor:
+    """The inverse of ``block_centre_to_usrnet``: the same 180-degree rotation, ``(..., k, k)`` -> same.
+
+    Turns a USRNet / KAIR kernel into the one the engine correlates (``ops.blur(..., mode="correlate")`` then
+    ``ops.decimate(x, s, 0)``) to make the same LR image.
+    """
+    return kernel.flip(-2, -1)

@@ -13,7 +13,13 @@ from torch import Tensor
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import decimation_phase
 from datamodules.degradation.pipelines.base import Degradation
-from datamodules.degradation.samplers import DIV2KRKKernelSampler, KernelBankSampler, gaussian_noise_field, uniform
+from datamodules.degradation.samplers import (
+    DIV2KRKKernelSampler,
+    KENetKernelSampler,
+    KernelBankSampler,
+    gaussian_noise_field,
+    uniform,
+)
 
 
 class ClassicalDegradation(Degradation):
@@ -33,7 +39,7 @@ class ClassicalDegradation(Degradation):
     def __init__(
         self,
         scale: int = 2,
-        kernel_sampler: DIV2KRKKernelSampler | KernelBankSampler | None = None,
+        kernel_sampler: DIV2KRKKernelSampler | KENetKernelSampler | KernelBankSampler | None = None,
         noise_range: tuple[float, float] = (0.0, 0.0),
         gray_noise_prob: float = 0.0,
         quantize: bool = True,
