@@ -46,7 +46,7 @@ def test_the_repository_keeps_every_contract():
 @pytest.mark.parametrize(
     ("victim", "line", "contract"),
     [
-        ("lightning_modules/nets/vdsr.py", "import lightning", "Nets, metrics and the degradation engine"),
+        ("lightning_modules/nets/vdsr.py", "import lightning", "Nets, metrics, losses and the degradation engine"),
         ("lightning_modules/moesr/__init__.py", "import lightning_modules.mixture.joint", "Method packages"),
         ("datamodules/images.py", "import lightning_modules.core.base", "The data side never imports"),
     ],

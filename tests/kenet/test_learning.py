@@ -80,7 +80,7 @@ def test_kenet_learns_to_beat_the_mean_kernel():
 
 @pytest.mark.slow
 def test_usrnet_learns_to_beat_bicubic_with_true_kernels():
-    """Slow (about 3 minutes on one core): USRNet's prior starts random and needs ~300 steps to reach bicubic."""
+    """Slow (6 minutes on a busy core): USRNet's prior starts random and needs ~300 steps to reach bicubic."""
     torch.manual_seed(0)
     net = USRNet(n_iter=2, h_nc=8, nc=(8, 16, 16, 32), nb=1)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
