@@ -5,7 +5,8 @@
         --usrnet checkpoints/kenet/usrnet_x2/last.ckpt --usrnet-tiny ../shared/pretrained/usrnet_tiny.pth \
         [--finetune-iters 100] [--limit N]
 
-Rows (estimators, each loaded once): ``KENet`` (``--kenet``, repeatable with labels: ``--kenet KENet-L1=PATH``), ``MoESR-KEN`` (experts + ISE + KEN from ``--moesr``),
+Rows (estimators, each loaded once): ``KENet`` (``--kenet``, repeatable with labels: ``--kenet KENet-L1=PATH``),
+``MoESR-KEN`` (experts + ISE + KEN from ``--moesr``),
 ``GT`` (the set's own kernel). Columns (restorers): ``USRNet`` (ours, ``--usrnet``), ``USRNet-tiny`` (the official
 weights, ``--usrnet-tiny``), ``expert`` (MoESR's expert of the nearest grid kernel, w/o fine-tuning) and
 ``expert+FT`` (fine-tuned ``--finetune-iters`` iterations with the estimated kernel). A part whose file is not given
@@ -42,7 +43,8 @@ def parts(args: argparse.Namespace) -> tuple[dict[str, KernelEstimator], dict[st
         label, _, path = spec.rpartition("=")
         estimators[label or "KENet"] = KENetKernelEstimator(path)
     if args.moesr:
-        stage = {f"{s}_ckpt": str(Path(args.moesr) / f"{s}_x{{scale}}" / "last.ckpt") for s in ("experts", "ise", "ken")}
+        root = Path(args.moesr)
+        stage = {f"{s}_ckpt": str(root / f"{s}_x{{scale}}" / "last.ckpt") for s in ("experts", "ise", "ken")}
         estimators["MoESR-KEN"] = MoESRKernelEstimator(**stage, estimate_crop=args.estimate_crop)
         restorers["expert"] = MoESRExpertRestorer(stage["experts_ckpt"], finetune_iters=0, progress=False)
         if args.finetune_iters > 0:

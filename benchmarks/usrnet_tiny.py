@@ -38,12 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.degradation import kernels as K
 from datamodules.degradation import ops
 from datamodules.test_sets import open_benchmark
+from lightning_modules.kenet.usrnet import restore_padded
 from lightning_modules.metrics import psnr_y, ssim_y
 from lightning_modules.nets.usrnet import DEFAULT_TINY_WEIGHTS, USRNet, load_usrnet_tiny
 
@@ -61,13 +61,8 @@ def usrnet_kernels(kernel: Tensor, scale: int) -> dict[str, Tensor]:
 
 def super_resolve(net: USRNet, lr: Tensor, kernel: Tensor, scale: int, sigma: float, pad: int) -> Tensor:
     """USRNet on ``(1, 3, h, w)`` LR, ``pad`` LR pixels mirrored first; ``(1, 3, s*h, s*w)`` clamped to [0, 1]."""
-    if pad:
-        lr = F.pad(lr, (pad, pad, pad, pad), mode="reflect")
     with torch.no_grad():
-        sr = net(lr, kernel, scale, sigma)
-    if pad:
-        sr = sr[..., scale * pad : -scale * pad, scale * pad : -scale * pad]
-    return sr.clamp(0, 1)
+        return restore_padded(net, lr, kernel, scale, sigma, pad, mode="reflect").clamp(0, 1)
 
 
 def evaluate_set(net: USRNet, root: Path, scale: int, args: argparse.Namespace, device: torch.device) -> dict:

@@ -77,8 +77,8 @@ def generate_kenet(
             f"kernel draw: anisotropic Gaussians, standard deviations sigma1, sigma2 ~ U({lo}, {hi}) drawn",
             "independently, theta ~ U(0, pi), centre of mass moved onto the block centre (FKP's kernel_shift), no",
             "kernel noise (KENet, Cao et al., Sec. 3.1; FKP's generator with standard deviations for its",
-            "variances). One draw per image gives the",
-            f"{k2}x{k2} x2 and the {k4}x{k4} x4 kernel (the same Gaussian, cut by each support).",
+            f"variances). One draw per image gives the {k2}x{k2} x2 and the {k4}x{k4} x4 kernel (the same",
+            "Gaussian, cut by each support).",
         ),
     )
     return write_kernel_set(hr, out, sampler, protocol, scales, seed, limit, device, overwrite, command)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from datamodules.io import save_kernel_mat
 
 KERNEL_PNG_ZOOM = 16
@@ -44,3 +45,18 @@ def save_kernel_files(stem: Path, estimate: Tensor, used: Tensor, params: Tensor
     arrays = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in arrays.items()}
     save_kernel_mat(stem.with_suffix(".mat"), arrays)
     kernel_png(used, stem.with_suffix(".png"))
+
+
+def save_estimates(folder: Path, names: list[str], kernels: Tensor, scale: int) -> list[Path]:
+    """``<folder>/<name>_x<scale>_kernel.{mat,png}`` for each of ``(B, k, k)`` block-centred estimates.
+
+    ``Kernel`` is the estimate moved to the DIV2KRK convention (``block_centre_to_div2krk_kernel``). Returns the
+    ``.mat`` paths.
+    """
+    stored = block_centre_to_div2krk_kernel(kernels.detach().to(torch.float64), scale)
+    paths = []
+    for name, k_stored, k in zip(names, stored, kernels, strict=True):
+        stem = folder / f"{name}_x{scale}_kernel"
+        save_kernel_files(stem, k_stored, k)
+        paths.append(stem.with_suffix(".mat"))
+    return paths

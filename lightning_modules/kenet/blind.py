@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.core.kernel_files import save_kernel_files
+from lightning_modules.core.kernel_files import save_estimates
 from lightning_modules.core.stages import FrozenParts, freeze
 from lightning_modules.core.two_step import KernelEstimator, KernelRestorer, TileFn, convert_kernel
 
@@ -128,16 +125,11 @@ class TwoStepSR(FrozenParts, SRSystem):
         if gt is not None and not self.estimator.uses_ground_truth:
             self.update_kernel_metrics(kernel, gt, rows)
         if self.save_images and self.save_kernels and not self.estimator.uses_ground_truth:
-            self._save_kernels(kernel, [r["name"] for r in rows], self._out_dir() / "test_images")
+            save_estimates(self._out_dir() / "test_images", [r["name"] for r in rows], kernel, self.scale)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """Estimate, restore, write ``<name>_x<s>.png`` (base class) and ``<name>_x<s>_kernel.{mat,png}``."""
         with self.prepared(batch) as kernel:
             paths = super().predict_step(batch, batch_idx)
-        self._save_kernels(kernel, list(batch["name"]), self._out_dir() / "predictions")
+        save_estimates(self._out_dir() / "predictions", list(batch["name"]), kernel, self.scale)
         return paths
-
-    def _save_kernels(self, kernel: Tensor, names: list[str], folder: Path) -> None:
-        stored = block_centre_to_div2krk_kernel(kernel.detach().to(torch.float64), self.scale)
-        for name, k_stored, k in zip(names, stored, kernel, strict=True):
-            save_kernel_files(folder / f"{name}_x{self.scale}_kernel", k_stored, k)

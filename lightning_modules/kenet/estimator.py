@@ -18,9 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from datamodules.degradation.kernels import block_centre_to_div2krk_kernel
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.core.kernel_files import save_kernel_files
+from lightning_modules.core.kernel_files import save_estimates
 from lightning_modules.losses import KernelLoss
 from lightning_modules.metrics import make_kernel_metrics
 from lightning_modules.nets.kenet import KENet
@@ -122,13 +121,7 @@ class KENetSystem(SRSystem):
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """Write ``<name>_x<s>_kernel.mat`` / ``.png`` for each LR image; returns the ``.mat`` paths."""
         est = self.estimate_kernel(batch["lr"])
-        stored = block_centre_to_div2krk_kernel(est.to(torch.float64), self.scale)
-        paths = []
-        for name, k_stored, k in zip(batch["name"], stored, est, strict=True):
-            stem = self._out_dir() / "predictions" / f"{name}_x{self.scale}_kernel"
-            save_kernel_files(stem, k_stored, k)
-            paths.append(str(stem.with_suffix(".mat")))
-        return paths
+        return [str(p) for p in save_estimates(self._out_dir() / "predictions", list(batch["name"]), est, self.scale)]
 
     def on_predict_end(self) -> None:
         """Say where the kernels are."""

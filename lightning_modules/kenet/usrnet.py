@@ -40,14 +40,17 @@ DEFAULT_PAD = 8
 """LR pixels of replicate padding around the image before USRNet (module docstring)."""
 
 
-def restore_padded(net: USRNet, lr: Tensor, kernel: Tensor, scale: int, sigma: Tensor, pad: int) -> Tensor:
-    """USRNet on ``lr`` replicate-padded by ``pad`` LR px, output cropped back: ``(B,3,H,W) -> (B,3,sH,sW)``.
+def restore_padded(
+    net: USRNet, lr: Tensor, kernel: Tensor, scale: int, sigma: Tensor | float, pad: int, mode: str = "replicate"
+) -> Tensor:
+    """USRNet on ``lr`` padded by ``pad`` LR px (``F.pad`` ``mode``), cropped back: ``(B,3,H,W) -> (B,3,sH,sW)``.
 
-    ``kernel`` ``(B, k, k)`` in USRNet's convention, ``sigma`` ``(B,)``; the padded image must hold the kernel.
+    ``kernel`` ``(B, k, k)`` in USRNet's convention, ``sigma`` ``(B,)`` or one number; the padded image must hold the
+    kernel.
     """
     if pad <= 0:
         return net(lr, kernel, scale, sigma)
-    out = net(F.pad(lr, (pad, pad, pad, pad), mode="replicate"), kernel, scale, sigma)
+    out = net(F.pad(lr, (pad, pad, pad, pad), mode=mode), kernel, scale, sigma)
     p = pad * scale
     return out[..., p:-p, p:-p]
 

@@ -1,5 +1,6 @@
-"""MoESR's parts for the two-step system (``kenet.blind.TwoStepSR``): its kernel estimator and its experts as a
-non-blind restorer. Both wrap the ``MoESR`` inference system (``moesr.inference``) and its stage checkpoints.
+"""MoESR's parts for the two-step system (``kenet.blind.TwoStepSR``): its kernel estimator, its experts.
+
+Both wrap the ``MoESR`` inference system (``moesr.inference``) and its stage checkpoints.
 
 * :class:`MoESRKernelEstimator`: experts + ISE + KEN (Eq. 10-11); returns ``"block"`` kernels ``K(rho*)`` on the
   grid's support (13x13 at x2, 33x33 at x4).

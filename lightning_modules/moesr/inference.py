@@ -27,7 +27,7 @@ it with the estimated Gaussian *evaluated* block-centred on the ground truth's g
 estimate).
 
 Outputs: SR PNGs as every ``SRSystem`` (``test_images/`` when ``save_images``, ``predictions/``) and, beside each,
-``<name>_x<s>_kernel.mat`` and ``.png`` (``kernels.save_kernel_files``). The test table gains the estimated
+``<name>_x<s>_kernel.mat`` and ``.png`` (``core.kernel_files.save_kernel_files``). The test table gains the estimated
 parameters, the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
 """
 
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
+from lightning_modules.core.kernel_files import save_kernel_files
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
@@ -57,7 +58,6 @@ from lightning_modules.moesr.kernels import (
     gaussians_like,
     ken_kernels,
     kernel_moments,
-    save_kernel_files,
 )
 from lightning_modules.moesr.stages import DEFAULT_CKPTS, load_experts, load_ise, load_ken
 from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBank, ken_params
@@ -343,7 +343,7 @@ class MoESR(SRSystem):
         return rows
 
     def _save_kernels(self, choice: KernelChoice, names: list[str], folder: Path) -> None:
-        """``<name>_x<s>_kernel.{mat,png}`` in ``folder`` (``kernels.save_kernel_files``)."""
+        """``<name>_x<s>_kernel.{mat,png}`` in ``folder`` (``core.kernel_files.save_kernel_files``)."""
         pixel = gaussians_like(choice.params, self.grid.kernel_size, "pixel", self.scale).to(torch.float32)
         for i, name in enumerate(names):
             save_kernel_files(folder / f"{name}_x{self.scale}_kernel", pixel[i], choice.kernel[i], choice.params[i])

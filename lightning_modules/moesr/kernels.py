@@ -8,9 +8,8 @@ middle pixel. Parameters are ``(B, 3)`` ``(lambda1, lambda2, theta)`` in KEN's c
   and size (kernel accuracy against ground truths, the ``.mat`` files).
 * :func:`fit_kernel_size`, :func:`kernel_moments`: a ground truth in MoESR's convention
   and its parameters (``use_gt_kernel``).
-* ``save_kernel_files`` / ``kernel_png`` (from ``core.kernel_files``): ``<stem>.mat`` (``Kernel``: the estimate in
-  the DIV2KRK convention, middle-pixel centred, grid size; ``KernelBlockCentred``: the kernel used for fine-tuning;
-  ``params``) and ``<stem>.png`` (scaled to its maximum, enlarged 16x).
+The files written beside the SR images are ``core.kernel_files.save_kernel_files``'s (``Kernel``: the estimate in the
+DIV2KRK convention, grid size; ``KernelBlockCentred``: the kernel used for fine-tuning; ``params``).
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from torch import Tensor
 
 from datamodules.degradation.kernels import gaussian_kernels, pad_centred
 from datamodules.degradation.kernels.moesr import moesr_kernels
-from lightning_modules.core.kernel_files import kernel_png as kernel_png
-from lightning_modules.core.kernel_files import save_kernel_files as save_kernel_files
 from lightning_modules.nets.moesr import ken_params
 
 

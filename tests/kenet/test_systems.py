@@ -42,7 +42,8 @@ def test_kenet_fit_checkpoint_loads_into_the_estimator(tmp_path):
 
 def test_kenet_refuses_data_of_another_kernel_size(tmp_path):
     with pytest.raises(ValueError, match="kernels are 11x11 but KENet estimates 21x21"):
-        cli_main(["fit", "-c", str(REPO / "configs/kenet/kenet.yaml"), *SMOKE, *DATA, "--model.init_args.kernel_size=21",
+        cli_main(["fit", "-c", str(REPO / "configs/kenet/kenet.yaml"), *SMOKE, *DATA,
+                  "--model.init_args.kernel_size=21",
                   *[f"--model.init_args.{k}={v}" for k, v in TINY_KENET.items()],
                   f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
 
@@ -50,7 +51,8 @@ def test_kenet_refuses_data_of_another_kernel_size(tmp_path):
 def test_usrnet_fit_then_ground_truth_test(tmp_path, tiny_div2krk):
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
     sizes = [f"--model.init_args.{k}={v}" for k, v in TINY_USRNET.items()]
-    common = ["-c", str(REPO / "configs/kenet/usrnet.yaml"), *SMOKE, *DATA, *sizes, f"--trainer.default_root_dir={tmp_path}"]
+    common = ["-c", str(REPO / "configs/kenet/usrnet.yaml"), *SMOKE, *DATA, *sizes,
+              f"--trainer.default_root_dir={tmp_path}"]
     cli_main(["fit", *common, "--trainer.enable_checkpointing=true",
               "--trainer.callbacks+=callbacks.checkpoint.StageCheckpoint", f"--trainer.callbacks.dirpath={ckpt_dir}"])
     cli_main(["test", *common, f"--data.init_args.test_set={tiny_div2krk}", f"--model.init_args.output_dir={out}",
@@ -69,7 +71,8 @@ def test_usrnet_alone_refuses_to_guess_a_kernel():
 
 def blind_args(tmp_path, estimator: str, restorer: list[str]) -> list[str]:
     return ["-c", str(REPO / "configs/kenet/blind.yaml"), *SMOKE, "--data.init_args.num_workers=0",
-            f"--model.init_args.estimator={estimator}", *restorer, f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+            f"--model.init_args.estimator={estimator}", *restorer,
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
 
 
 def test_blind_test_and_predict_with_kenet_and_usrnet(tmp_path, tiny_div2krk):
