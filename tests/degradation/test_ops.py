@@ -187,3 +187,17 @@ def test_blur_decimate_bank_equals_one_kernel_at_a_time(border, scale, phase, mo
         torch.testing.assert_close(out[:, j], ops.blur_decimate(x, kernels[j], scale, phase, mode, border))
     with pytest.raises(ValueError, match="kernels must be"):
         ops.blur_decimate_bank(x, kernels[0], scale)
+
+
+def test_unsharp_mask_separable_blur_equals_the_dense_gaussian():
+    from datamodules.degradation.kernels import gaussian_kernels
+    from datamodules.degradation.ops.sharpening import _gaussian_blur_separable
+
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    radius, sigma = 7, 1.7
+    d = torch.arange(2 * radius + 1, dtype=torch.float64) - radius
+    taps = torch.exp(-(d**2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).float()
+    dense = gaussian_kernels(2 * radius + 1, torch.tensor([sigma]), torch.tensor([sigma]), torch.tensor([0.0]),
+                             param="std")  # fmt: skip
+    torch.testing.assert_close(_gaussian_blur_separable(x, taps), ops.blur(x, dense), atol=1e-6, rtol=0)

@@ -7,3 +7,4 @@ the classical model are re-exported here; import the method-specific modules the
 
 from datamodules.degradation.pipelines.base import Degradation as Degradation
 from datamodules.degradation.pipelines.classical import ClassicalDegradation as ClassicalDegradation
+from datamodules.degradation.pipelines.dasr import DASRDegradation as DASRDegradation

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import decimation_phase
+from datamodules.degradation.koala_sampler import KOALAKernelSampler
 from datamodules.degradation.pipelines.base import Degradation
 from datamodules.degradation.samplers import (
     DIV2KRKKernelSampler,
@@ -21,13 +22,17 @@ from datamodules.degradation.samplers import (
     uniform,
 )
 
+KernelSampler = DIV2KRKKernelSampler | KENetKernelSampler | KernelBankSampler | KOALAKernelSampler
+"""The kernel samplers ``ClassicalDegradation`` takes (its annotation: LightningCLI resolves ``class_path`` by it)."""
+
 
 class ClassicalDegradation(Degradation):
     """The classical model ``y = (x (*) k) downarrow_s + n``: blur, aligned decimation, optional noise, 8-bit.
 
     Args:
         scale: Downscaling factor (linked from the DataModule's ``scale``).
-        kernel_sampler: Draws the kernels (``DIV2KRKKernelSampler``, ``KernelBankSampler``, ...).
+        kernel_sampler: Draws the kernels (``DIV2KRKKernelSampler``, ``KernelBankSampler``, ``KOALAKernelSampler``,
+            ...).
         noise_range: Gaussian noise standard deviation ``U(lo, hi)`` in 8-bit levels (``(0, 0)``: none).
         gray_noise_prob: Probability that a sample's noise is the same on all channels.
         quantize: Round the LR to 8-bit levels (as saved to PNG).
@@ -39,7 +44,7 @@ class ClassicalDegradation(Degradation):
     def __init__(
         self,
         scale: int = 2,
-        kernel_sampler: DIV2KRKKernelSampler | KENetKernelSampler | KernelBankSampler | None = None,
+        kernel_sampler: KernelSampler | None = None,
         noise_range: tuple[float, float] = (0.0, 0.0),
         gray_noise_prob: float = 0.0,
         quantize: bool = True,
