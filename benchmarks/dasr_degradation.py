@@ -6,7 +6,7 @@
 Per level, one draw of parameters (``DASRDegradation.sample`` with that level forced) is applied to the batch at
 once (``apply``) and sample by sample (``apply`` on each ``hr[i:i+1]`` with its own parameters: the same ops and the
 same parameters, one Python call per patch, as dataloader-side degradation code does). Both without the
-USM-sharpened target (``sharpen_target=False``): ``ops.unsharp_mask`` (a dense 101 x 101 blur) is timed on its own,
+USM-sharpened target (``sharpen_target=False``): ``ops.unsharp_mask`` (a separable 101-tap Gaussian, twice) is timed on its own,
 once, because on a CPU it costs more than the whole degradation. The three-level figures weight the levels' times
 by DASR's probabilities 0.3 / 0.3 / 0.4. Calls are timed in interleaved rounds, median reported. Prints a table,
 then one JSON line of headline figures (first device).

@@ -63,25 +63,28 @@ class DASRGANSystem(DASRSystem):
         **kwargs,
     ) -> None:
         kwargs.setdefault("msrresnet_ckpt", None)
+        kwargs.setdefault("target", "usm")  # the official target of every loss
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=list(DASR_RUNTIME_HPARAMS))
+        self.save_hyperparameters(ignore=[*DASR_RUNTIME_HPARAMS, "vgg_weights", "random_vgg"])
+        self.vgg_weights, self.random_vgg = vgg_weights, random_vgg  # runtime: a resume may find VGG19 elsewhere
         self.automatic_optimization = False
         self.disc = UNetDiscriminatorSN(3, disc_feat, skip_connection=True)
         self.perceptual: PerceptualLoss | None = None  # built by ``setup("fit")``: test/predict need no VGG19
         self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.net_ema.requires_grad_(False)  # averaged, never trained (and no unused parameters under DDP)
 
     def setup(self, stage: str) -> None:
         """For ``fit``: load VGG19 for the perceptual loss (stops with where to get it), then the base set-up."""
         hp = self.hparams
         if stage == "fit" and hp.perceptual_weight > 0 and self.perceptual is None:
-            if hp.vgg_weights is None and not hp.random_vgg:
+            if self.vgg_weights is None and not self.random_vgg:
                 raise ValueError(
                     "the GAN stage's perceptual loss needs VGG19 ImageNet weights in torchvision's layout: download "
                     f"{VGG19_URL} on a machine with internet and pass --model.init_args.vgg_weights PATH, or run "
                     "without the perceptual term: --model.init_args.perceptual_weight 0"
                 )
             self.perceptual = PerceptualLoss(
-                hp.vgg_weights, random_init=hp.random_vgg, weight=1.0, arch=hp.perceptual_arch
+                self.vgg_weights, random_init=self.random_vgg, weight=1.0, arch=hp.perceptual_arch
             )
         super().setup(stage)
 

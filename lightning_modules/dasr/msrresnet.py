@@ -6,7 +6,9 @@ cannot be downloaded here and was trained on bicubic degradations; we train it o
 domain, and "DASR vs MSRResNet at equal steps" compares like with like.
 
 Recipe of BasicSR's MSRResNet (``train_MSRResNet_x4.yml``): L1, Adam 2e-4 (0.9, 0.99), cosine annealing with
-restarts, batch 16, HR 128 crops. Target: the USM-sharpened HR by default (``target``), as DASR trains.
+restarts, batch 16, HR 128 crops. Target: the plain HR by default (``target``): PSNR-oriented like stage 2; the
+official USM-sharpened target teaches a sharpening that PSNR against the plain HR penalises (measured: after 1,500
+CPU steps with it, validation PSNR-Y 26.83 against bicubic's 27.34).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class MSRResNetSystem(SRSystem):
         betas: Adam betas (BasicSR: 0.9, 0.99).
         cosine_period: Steps of one cosine-annealing period (``0``: constant learning rate).
         eta_min: Learning rate at the end of each period.
-        target: ``"usm"``: the batch's USM-sharpened HR (DASR's target), ``"hr"``: the plain HR.
+        target: ``"hr"``: the plain HR (a PSNR-oriented stage), ``"usm"``: the batch's USM-sharpened HR (the
+            official GAN training's target).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -44,7 +47,7 @@ class MSRResNetSystem(SRSystem):
         betas: tuple[float, float] = (0.9, 0.99),
         cosine_period: int = 250_000,
         eta_min: float = 1e-7,
-        target: Target = "usm",
+        target: Target = "hr",
         **kwargs,
     ) -> None:
         kwargs.setdefault("tile_overlap", 40)  # receptive-field radius of 16 blocks: 36 LR px

@@ -2,7 +2,8 @@
 
 The generator is initialised by copying stage 1's MSRResNet into all five experts (the official
 ``load_network_init_alldynamic`` with BasicSR's pretrained MSRResNet); the predictor starts from scratch. Losses
-(official ``train_DASR.yml`` without the perceptual and GAN terms): L1 pixel (weight 1) to the USM-sharpened HR +
+(official ``train_DASR.yml`` without the perceptual and GAN terms): L1 pixel (weight 1) to the plain HR (the official
+GAN training's USM-sharpened target is ``target="usm"``; a deviation for this PSNR-oriented stage) +
 L1 regression (weight 1) of the predicted 33-number degradation vector to the batch's ``vector``
 (``datamodules.degradation.dasr_vector``). One Adam (1e-4, betas 0.9 / 0.99) over generator and predictor, constant
 learning rate (the official MultiStepLR has gamma 1).
@@ -29,7 +30,7 @@ from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.dasr.common import Target, training_target
 from lightning_modules.dasr.control import apply_override, check_override, describe_vector
 from lightning_modules.dasr.msrresnet import MSRRESNET_COMMAND
-from lightning_modules.nets.dasr import DASRNet, copy_into_experts
+from lightning_modules.nets.dasr import DASRNet, MSRResNet, copy_into_experts
 
 DASR_PSNR_COMMAND = "python main.py fit -c configs/dasr/dasr_psnr.yaml"
 DASR_RUNTIME_HPARAMS = (*RUNTIME_HPARAMS, "override")
@@ -54,7 +55,8 @@ class DASRSystem(SRSystem):
         betas: Adam betas (0.9, 0.99).
         pixel_weight: Weight of the L1 pixel loss (1).
         regression_weight: Weight of the L1 regression of the degradation vector (1).
-        target: ``"usm"``: the USM-sharpened HR (official), ``"hr"``: the plain HR.
+        target: ``"hr"``: the plain HR (default: this stage is PSNR-oriented), ``"usm"``: the USM-sharpened HR (the
+            official GAN training's target; ``DASRGANSystem``'s default).
         override: Entries of the predicted 33-number vector replaced at validation/test/predict, by name and in the
             vector's units, e.g. ``{noise1_level: 0.0}`` (``lightning_modules.dasr.control``).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
@@ -71,7 +73,7 @@ class DASRSystem(SRSystem):
         betas: tuple[float, float] = (0.9, 0.99),
         pixel_weight: float = 1.0,
         regression_weight: float = 1.0,
-        target: Target = "usm",
+        target: Target = "hr",
         override: dict[str, float] | None = None,
         **kwargs,
     ) -> None:
@@ -83,10 +85,14 @@ class DASRSystem(SRSystem):
         check_override(self.override)
         self.net = DASRNet(num_feat, num_block, num_experts, self.scale, num_params)
 
-    def setup(self, stage: str) -> None:
-        """Before a new ``fit`` (not a resumed one), initialise the weights from the earlier stage's checkpoint."""
-        super().setup(stage)
-        if stage == "fit" and self.trainer.ckpt_path is None:
+    def on_fit_start(self) -> None:
+        """A new ``fit`` initialises the weights from the earlier stage's checkpoint; a resumed one does not read it.
+
+        Not in ``setup``: Lightning sets ``trainer.ckpt_path`` after ``setup``, when it restores the checkpoint, which
+        it does before ``on_fit_start``.
+        """
+        super().on_fit_start()
+        if self.trainer.ckpt_path is None:
             self.initialise()
 
     def initialise(self) -> None:
@@ -104,8 +110,8 @@ class DASRSystem(SRSystem):
                 f"{path} is an MSRResNet of {hp['num_feat']} features x {hp['num_block']} blocks but DASR's experts "
                 f"are {mine[0]} x {mine[1]}: train a matching one with\n    {command}"
             )
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        copy_into_experts(self.net.generator, state)
+        plain = MSRResNet(int(hp["num_feat"]), int(hp["num_block"]), self.scale)
+        copy_into_experts(self.net.generator, check_state_dict(plain, ckpt["state_dict"], path, command, "net."))
 
     # --------------------------------------------------------------------------------------------- inference
     @property

@@ -56,10 +56,10 @@ def block_kernel(raw: Tensor, scale: int) -> Tensor:
 
 
 def kernel_losses(batch: dict, raw: Tensor, scale: int) -> dict[str, Tensor]:
-    """Stage 1's L1 terms of raw kernels ``raw`` ``(B, 400, H, W)`` for ``batch`` (``[-1, 1]`` units, mean).
+    """Stage 1's L1 terms of raw kernels ``raw`` ``(B, 400, H, W)`` for ``batch`` (means over elements).
 
-    ``"recon"``: the LR against ``local_downsample(HR, normalize(raw))``; ``"kernel"``: the mean normalised kernel
-    against the batch's native 20x20 kernel.
+    ``"recon"``: the LR against ``local_downsample(HR, normalize(raw))`` in ``[-1, 1]`` image units; ``"kernel"``:
+    the mean normalised kernel against the batch's native 20x20 kernel (kernel units).
     """
     kernel = batch["kernel"]
     if kernel.shape[-1] != KERNEL_SIZE:

@@ -2,7 +2,7 @@
 
 Loss (official ``training_stage 1``): ``L1(LR, local_downsample(HR, normalize(k_hat)))`` (the LR reconstructed from
 the HR with the predicted per-LR-pixel 20x20 kernels) ``+ L1(mean over pixels of normalize(k_hat), k_gt)`` (the
-native 20x20 ground truth of the batch), both in ``[-1, 1]`` image units and mean over elements, weights 1.
+native 20x20 ground truth of the batch), the first in ``[-1, 1]`` image units, both means over elements, weights 1.
 A kernel estimator: ``test`` reports kernel accuracy (``test/kernel_sae``, ``test/kernel_l2``, ...) next to the
 mean training kernel's (``test/mean_kernel_*``), ``super_resolve`` refuses (use stage 3).
 """

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
-from lightning_modules.core.stages import check_state_dict, read_checkpoint, stage_hparams
+from lightning_modules.core.stages import CheckpointError, check_state_dict, read_checkpoint, stage_hparams
 from lightning_modules.koalanet.common import (
     adam_with_decay,
     block_kernel,
@@ -71,20 +71,34 @@ class KOALAnetSystem(SRSystem):
         self.down = KOALADownsamplingNet(self.scale, width=width)
         self.up = KOALAUpsamplingNet(self.scale, num_blocks=num_blocks, num_koala=num_koala, feat=feat)
 
-    def setup(self, stage: str) -> None:
-        """Before a new ``fit`` (not a resumed one), load the stage 1 and stage 2 weights."""
-        super().setup(stage)
-        if stage == "fit" and self.trainer.ckpt_path is None:
+    def on_fit_start(self) -> None:
+        """A new ``fit`` loads the stage 1 and stage 2 weights; a resumed one does not read those files.
+
+        Not in ``setup``: Lightning sets ``trainer.ckpt_path`` after ``setup``, when it restores the checkpoint, which
+        it does before ``on_fit_start``.
+        """
+        super().on_fit_start()
+        if self.trainer.ckpt_path is None:
             self.initialise()
 
     def initialise(self) -> None:
         """Stage 1's downsampling net and stage 2's baseline weights (strict, every tensor accounted for)."""
         hp = self.hparams
         if hp.stage1_ckpt:
-            down = load_downsampling_net(hp.stage1_ckpt.format(scale=self.scale), self.scale)
-            self.down.load_state_dict(down.state_dict(), strict=True)
+            path = hp.stage1_ckpt.format(scale=self.scale)
+            self.down.load_state_dict(
+                check_state_dict(self.down, load_downsampling_net(path, self.scale).state_dict(), path,
+                                 command(1, self.scale)), strict=True)  # fmt: skip
         if hp.stage2_ckpt:
-            load_stage_weights(self.up, read_baseline_state(hp.stage2_ckpt.format(scale=self.scale), self.scale))
+            path = hp.stage2_ckpt.format(scale=self.scale)
+            state = read_baseline_state(path, self.scale)
+            try:
+                load_stage_weights(self.up, state)
+            except ValueError as err:
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit the KOALA upsampling net ({err}); train a matching stage 2 with:"
+                    f"\n    {command(2, self.scale)}"
+                ) from err
 
     def _run(self, lr: Tensor) -> tuple[Tensor, Tensor]:
         """``(raw kernels (B, 400, H, W), SR in [-1, 1] (B, 3, sH, sW))`` of ``[0, 1]`` LR, padded to 4 px inside."""

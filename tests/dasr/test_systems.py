@@ -86,6 +86,17 @@ def test_a_few_x2_steps_stay_finite(tmp_path):
     assert sr.shape == (1, 3, 24, 24) and torch.isfinite(sr).all()
 
 
+def test_a_resumed_run_does_not_read_the_earlier_stage_again(tmp_path):
+    ck = {name: tmp_path / name for name in ("msrresnet", "psnr")}
+    cli_main(["fit", *stage("msrresnet", tmp_path), *with_checkpoint(ck["msrresnet"])])
+    args = [*stage("dasr_psnr", tmp_path), *with_checkpoint(ck["psnr"]),
+            f"--model.init_args.msrresnet_ckpt={ck['msrresnet'] / 'last.ckpt'}"]  # fmt: skip
+    cli_main(["fit", *args])
+    (ck["msrresnet"] / "last.ckpt").unlink()
+    model = cli_main(["fit", *args, "--trainer.max_steps=6", f"--ckpt_path={ck['psnr'] / 'last.ckpt'}"]).model
+    assert model.global_step == 6
+
+
 def test_a_missing_msrresnet_checkpoint_names_the_file_and_the_command(tmp_path):
     missing = tmp_path / "nothing" / "last.ckpt"
     with pytest.raises(CheckpointError, match=r"(?s)nothing/last\.ckpt does not exist.*configs/dasr/msrresnet\.yaml"):

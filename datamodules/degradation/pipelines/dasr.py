@@ -28,8 +28,9 @@ and stage (``noise1_seed``, ``noise2_seed``), and ``apply`` draws each sample's 
 or Poisson noise (``ops.poisson_noise``) from a generator seeded with it, on the image's device. A sample's noise
 then depends neither on the other samples of its batch nor on the grouping, and the parameters stay ``(B,)``
 tensors (validation stores them for every crop: a pre-drawn field at the largest possible size would take 4 MB per
-384 x 384 crop). The price is a short loop over the samples for the draw alone; the same seeds on another device
-give other (equally distributed) noise.
+384 x 384 crop). That per-sample draw is a short loop over the samples, so it is kept out of training: ``forward``
+(sample and apply in one pass, the training path) draws the whole batch's noise from one generator seeded from the
+draw (no loop). The same seeds on another device give other (equally distributed) noise.
 
 Output: ``{"hr", "hr_usm" (``ops.unsharp_mask(hr)``, or ``hr`` itself with ``sharpen_target=False``), "lr",
 "params", "vector" (``dasr_vector.dasr_vector(params)``, (B, 33))}``; no ``"kernel"`` (three kernels per sample).
@@ -168,34 +169,50 @@ class DASRDegradation(Degradation):
         """Named ``(B,)`` parameters (``dasr_params``) for HR images of ``hr_shape`` ``(B, 3, sH, sW)``."""
         return self.sampler.sample(hr_shape[0], generator, device, level=self.level)
 
+    def forward(self, hr: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Sample and apply in one pass (training): the batch is one whole draw, so its noise is drawn batched.
+
+        The noise comes from one generator seeded with the draw's first ``noise{stage}_seed`` (no loop over samples);
+        ``apply`` on the same parameters draws each sample's own noise instead (other values, same distribution).
+        """
+        return self._apply(hr, self.sample(hr.shape, generator, hr.device), batched_noise=True)
+
     def apply(self, hr: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Degrade ``hr`` ``(B, 3, sH, sW)`` in ``[0, 1]`` with ``params`` (deterministic); returns the batch dict.
 
         Samples whose per-batch parameters (``dasr_params.PER_BATCH``) agree run as one batch; a batch holding
-        several combinations (gathered from several draws) runs one group after another.
+        several combinations (gathered from several draws) runs one group after another. Each sample's noise comes
+        from its own seed, so its LR does not depend on the other samples of the batch (validation crops gathered in
+        any batches, on any number of processes; the test-set writer).
         """
+        return self._apply(hr, params, batched_noise=False)
+
+    def _apply(self, hr: Tensor, params: dict[str, Tensor], batched_noise: bool) -> dict[str, Tensor]:
         check_image(hr, "hr")
         bsz, _, h, w = hr.shape
         if h % self.scale or w % self.scale:
             raise ValueError(f"HR sides {h}x{w} must be multiples of the scale {self.scale}")
         if self.sharpen_target and min(h, w) < USM_MIN_SIDE:
-            raise ValueError(f"sharpen_target needs HR sides of at least {USM_MIN_SIDE} px, got {h}x{w}")
+            raise ValueError(
+                f"sharpen_target needs HR sides of at least {USM_MIN_SIDE} px, got {h}x{w}: raise "
+                f"--data.init_args.patch_size (LR side; HR = LR x {self.scale})"
+            )
         hr_usm = ops.unsharp_mask(hr) if self.sharpen_target else hr
         source = hr_usm if self.degrade_sharpened else hr
         keys = torch.stack([params[k].double() for k in PER_BATCH], dim=1)
         combos, inverse = torch.unique(keys, dim=0, return_inverse=True)
         if len(combos) == 1:
-            lr = self._degrade(source, params, combos[0].tolist())
+            lr = self._degrade(source, params, combos[0].tolist(), batched_noise)
         else:
             lr = hr.new_empty(bsz, hr.shape[1], h // self.scale, w // self.scale)
             for g, combo in enumerate(combos.tolist()):
                 idx = (inverse == g).nonzero().squeeze(1)
                 sub = {k: v[idx] for k, v in params.items()}
-                lr[idx.to(hr.device)] = self._degrade(source[idx.to(hr.device)], sub, combo)
+                lr[idx.to(hr.device)] = self._degrade(source[idx.to(hr.device)], sub, combo, batched_noise)
         vector = dasr_vector(params).to(hr.device)
         return {"hr": hr, "hr_usm": hr_usm, "lr": lr, "params": params, "vector": vector}
 
-    def _degrade(self, hr: Tensor, p: dict[str, Tensor], combo: list[float]) -> Tensor:
+    def _degrade(self, hr: Tensor, p: dict[str, Tensor], combo: list[float], batched_noise: bool) -> Tensor:
         """One group: every sample shares ``combo`` = the values of ``PER_BATCH``."""
         level, scale1, mode1, scale2, mode2, final_mode = combo
         p = {k: v.to(hr.device) for k, v in p.items()}
@@ -203,16 +220,24 @@ class DASRDegradation(Degradation):
         lr_size = (h // self.scale, w // self.scale)
         x = _filter2d(hr, _trim(gaussian_blur_kernels(p, "kernel1"), p["kernel1_size"]))
         x = _resize(x, RESIZE_MODES[int(mode1)], scale=scale1)
-        x = self._noise(x, p, "1")
+        x = self._noise(x, p, "1", batched_noise)
         x = ops.jpeg(x, p["jpeg1_quality"])
         if int(level) < 2:
             x = _resize(x, RESIZE_MODES[int(final_mode)], size=lr_size)
         else:
-            x = self._second_stage(x, p, lr_size, scale2, RESIZE_MODES[int(mode2)], RESIZE_MODES[int(final_mode)])
+            modes = RESIZE_MODES[int(mode2)], RESIZE_MODES[int(final_mode)]
+            x = self._second_stage(x, p, lr_size, scale2, *modes, batched_noise)
         return ops.quantize(x) if self.quantize else x.clamp(0, 1)
 
     def _second_stage(
-        self, x: Tensor, p: dict[str, Tensor], lr_size: tuple[int, int], scale2: float, mode2: str, final_mode: str
+        self,
+        x: Tensor,
+        p: dict[str, Tensor],
+        lr_size: tuple[int, int],
+        scale2: float,
+        mode2: str,
+        final_mode: str,
+        batched_noise: bool,
     ) -> Tensor:
         """The severe level's second blur, resize, noise, then the final steps in each sample's order."""
         applied = p["blur2_applied"] & (p["kernel2_size"] > 0)
@@ -222,7 +247,7 @@ class DASRDegradation(Degradation):
             x = torch.where(applied.view(-1, 1, 1, 1), blurred, x)
         size2 = (max(1, int(lr_size[0] * scale2)), max(1, int(lr_size[1] * scale2)))
         x = _resize(x, mode2, size=size2)
-        x = self._noise(x, p, "2")
+        x = self._noise(x, p, "2", batched_noise)
         sinc = final_sinc_kernels(p)
         sinc_on = p["sinc_applied"] & (p["sinc_size"] > 0)
 
@@ -246,15 +271,17 @@ class DASRDegradation(Degradation):
         return out
 
     @staticmethod
-    def _noise(x: Tensor, p: dict[str, Tensor], stage: str) -> Tensor:
-        """Each sample's Gaussian or Poisson noise from a generator seeded with its ``noise{stage}_seed``; clipped."""
+    def _noise(x: Tensor, p: dict[str, Tensor], stage: str, batched: bool) -> Tensor:
+        """Gaussian or Poisson noise (``noise{stage}_type``), clipped; see ``forward`` / ``apply`` for the draws."""
+        if batched:
+            return DASRDegradation._noise_batched(x, p, stage)
         n, c, h, w = x.shape
         kinds = p[f"noise{stage}_type"].tolist()
         seeds = p[f"noise{stage}_seed"].tolist()
         grays = p[f"noise{stage}_gray"].tolist()
         sigma = p[f"noise{stage}_sigma"].to(x) / 255
         fields = []
-        for i in range(n):  # the draw only: a per-sample generator keeps each sample's noise its own
+        for i in range(n):  # evaluation only (``apply``): a per-sample generator keeps each sample's noise its own
             generator = torch.Generator(device=x.device).manual_seed(int(seeds[i]))
             if kinds[i] == 0:
                 planes = 1 if grays[i] else c
@@ -267,3 +294,17 @@ class DASRDegradation(Degradation):
             else:
                 fields.append(torch.zeros_like(x[i : i + 1]))
         return ops.add_noise(x, torch.cat(fields)).clamp(0, 1)
+
+    @staticmethod
+    def _noise_batched(x: Tensor, p: dict[str, Tensor], stage: str) -> Tensor:
+        """The whole batch's noise from one generator seeded with the first sample's seed: no loop over samples."""
+        n, c, h, w = x.shape
+        generator = torch.Generator(device=x.device).manual_seed(int(p[f"noise{stage}_seed"][0]))
+        kind = p[f"noise{stage}_type"].to(x.device).view(-1, 1, 1, 1)
+        gray = p[f"noise{stage}_gray"].to(x.device)
+        field = torch.randn(n, c, h, w, generator=generator, device=x.device, dtype=x.dtype)
+        field = torch.where(gray.view(-1, 1, 1, 1), field[:, :1].expand_as(field), field)
+        gaussian = field * (p[f"noise{stage}_sigma"].to(x) / 255).view(-1, 1, 1, 1)
+        poisson = ops.poisson_noise(x, p[f"noise{stage}_poisson_scale"].to(x), gray, generator) - x
+        noise = torch.where(kind == 0, gaussian, torch.where(kind == 1, poisson, torch.zeros_like(x)))
+        return ops.add_noise(x, noise).clamp(0, 1)
