@@ -4,10 +4,10 @@
     python -m benchmarks.dasr_degradation --grid dasr_grid.png     # also write a picture of HR and LR per level
 
 Per level, one draw of parameters (``DASRDegradation.sample`` with that level forced) is applied to the batch at
-once (``apply``) and sample by sample (``apply`` on each ``hr[i:i+1]`` with its own parameters: the same ops and the
-same parameters, one Python call per patch, as dataloader-side degradation code does). Both without the
-USM-sharpened target (``sharpen_target=False``): ``ops.unsharp_mask`` (a separable 101-tap Gaussian, twice) is timed on its own,
-once, because on a CPU it costs more than the whole degradation. The three-level figures weight the levels' times
+once (the training path, ``forward``: the same draw, noise drawn for the batch) and sample by sample (``apply`` on
+each ``hr[i:i+1]`` with its own parameters: the same ops, one Python call per patch, as dataloader-side degradation
+code does). Both without the USM-sharpened target (``sharpen_target=False``): ``ops.unsharp_mask`` (a separable
+101-tap Gaussian, twice) is timed on its own, once. The three-level figures weight the levels' times
 by DASR's probabilities 0.3 / 0.3 / 0.4. Calls are timed in interleaved rounds, median reported. Prints a table,
 then one JSON line of headline figures (first device).
 
@@ -44,7 +44,8 @@ def run(device: torch.device, batch: int, size: int, scale: int, repeats: int) -
         deg = DASRDegradation(scale, level=level, sharpen_target=False)
         params = deg.sample(hr.shape, torch.Generator(device=device).manual_seed(level), device)
         singles = [{k: v[i : i + 1] for k, v in params.items()} for i in range(batch)]
-        fns[f"batched_{level}"] = lambda d=deg, p=params: d.apply(hr, p)["lr"]
+        # the training path (``forward``: the same draw, noise drawn batched) against ``apply`` one sample at a time
+        fns[f"batched_{level}"] = lambda d=deg, lv=level: d(hr, torch.Generator(device=device).manual_seed(lv))["lr"]
         fns[f"loop_{level}"] = lambda d=deg, s=singles: torch.cat(
             [d.apply(hr[i : i + 1], one)["lr"] for i, one in enumerate(s)]
         )

@@ -86,13 +86,14 @@ def main() -> None:
     if args.moesr:
         root = Path(args.moesr)
         stage = {f"{n}_ckpt": str(root / f"{n}_x{{scale}}" / "last.ckpt") for n in ("experts", "ise", "ken")}
-        est, rest = MoESRKernelEstimator(**stage), MoESRExpertRestorer(stage["experts_ckpt"], finetune_iters=0)
-        est.load(s)
-        rest.load(s)
+        moesr_est = MoESRKernelEstimator(**stage)
+        moesr_rest = MoESRExpertRestorer(stage["experts_ckpt"], finetune_iters=0)
+        moesr_est.load(s)
+        moesr_rest.load(s)
 
         def moesr(lr: torch.Tensor) -> torch.Tensor:
-            kernel = convert_kernel(est.estimate(lr, {}), est.convention, rest.convention, s)
-            return rest.prepare(lr, kernel, s, ["image"])(lr)
+            kernel = convert_kernel(moesr_est.estimate(lr, {}), moesr_est.convention, moesr_rest.convention, s)
+            return moesr_rest.prepare(lr, kernel, s, ["image"])(lr)
 
         methods["MoESR w/o FT"] = moesr
     n = len(data) if args.limit is None else min(args.limit, len(data))
@@ -110,8 +111,8 @@ def main() -> None:
                 sr_koala = sr
         if koala is not None:
             gt = item["kernel_map"][None]
-            est = koalanet_kernels(koala, lr)
-            sae, l2 = kernel_error_maps(est, gt)
+            kernel_map = koalanet_kernels(koala, lr)
+            sae, l2 = kernel_error_maps(kernel_map, gt)
             if mean_kernel is None:
                 mean_kernel = mean_native_kernel(s)
             c_sae, c_l2 = kernel_error_maps(mean_kernel, gt)

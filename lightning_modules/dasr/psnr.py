@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,9 @@ class DASRSystem(SRSystem):
         regression_weight: Weight of the L1 regression of the degradation vector (1).
         target: ``"hr"``: the plain HR (default: this stage is PSNR-oriented), ``"usm"``: the USM-sharpened HR (the
             official GAN training's target; ``DASRGANSystem``'s default).
+        routing_init: ``"official"`` (PyTorch's default initialisation of the weighting module) or ``"uniform"``
+            (coefficients 1/K for every vector at the start, ``WeightingModule.uniform_init_``: with the MSRResNet
+            copied into all experts, DASR then starts as that MSRResNet; not the official code).
         override: Entries of the predicted 33-number vector replaced at validation/test/predict, by name and in the
             vector's units, e.g. ``{noise1_level: 0.0}`` (``lightning_modules.dasr.control``).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
@@ -74,6 +78,7 @@ class DASRSystem(SRSystem):
         pixel_weight: float = 1.0,
         regression_weight: float = 1.0,
         target: Target = "hr",
+        routing_init: Literal["official", "uniform"] = "official",
         override: dict[str, float] | None = None,
         **kwargs,
     ) -> None:
@@ -84,6 +89,8 @@ class DASRSystem(SRSystem):
         self.override = dict(override or {})
         check_override(self.override)
         self.net = DASRNet(num_feat, num_block, num_experts, self.scale, num_params)
+        if routing_init == "uniform":
+            self.net.weighting.uniform_init_()
 
     def on_fit_start(self) -> None:
         """A new ``fit`` initialises the weights from the earlier stage's checkpoint; a resumed one does not read it.

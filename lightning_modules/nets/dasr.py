@@ -239,6 +239,18 @@ class WeightingModule(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(nn.Linear(num_params, hidden), nn.Linear(hidden, num_experts))
 
+    def uniform_init_(self) -> WeightingModule:
+        """Start at coefficients ``1 / K`` for every vector (last layer: zero weights, bias ``1 / K``); returns self.
+
+        Not the official initialisation: with identical experts (an MSRResNet copied into all), coefficients summing
+        to 1 make DASR start as exactly that MSRResNet, where the default initialisation scales every mixed weight by
+        a random sum of coefficients.
+        """
+        last = self.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, 1.0 / last.out_features)
+        return self
+
     def forward(self, vector: Tensor) -> Tensor:
         """Map degradation vectors to routing coefficients.
 

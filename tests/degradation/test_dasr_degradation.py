@@ -197,3 +197,17 @@ def test_generator_command_line_refuses_other_protocols_options(tiny_hr_dir, tmp
     assert "--levels: only with --protocol dasr" in capsys.readouterr().err
     assert main(["--protocol", "dasr", *base, "--scale", "3"]) == 2
     assert "scales 2 and 4" in capsys.readouterr().err
+
+
+def test_the_training_path_draws_noise_batched_and_deterministically():
+    """``forward`` (training) draws the batch's noise at once: the same generator seed gives the same LR, and its
+    noise level matches the per-sample path's (``apply``) on a flat image."""
+    deg = DASRDegradation(4, level=0, sharpen_target=False)
+    hr = torch.full((8, 3, 64, 64), 0.5)
+    a = deg(hr, torch.Generator().manual_seed(3))
+    b = deg(hr, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a["lr"], b["lr"], rtol=0, atol=0)
+    per_sample = deg.apply(hr, a["params"])["lr"]
+    assert not torch.equal(per_sample, a["lr"])  # other draws ...
+    spread = a["lr"].std(dim=(1, 2, 3)), per_sample.std(dim=(1, 2, 3))
+    assert torch.allclose(*spread, rtol=0.35, atol=2 / 255)  # ... of the same noise levels, sample by sample

@@ -264,3 +264,17 @@ def test_discriminator_shape_spectral_norm_and_size():
     assert UNetDiscriminatorSN(width=4, skip_connection=False)(torch.rand(1, 3, 8, 8)).shape == (1, 1, 8, 8)
     with pytest.raises(ValueError, match="multiples of 8"):
         small(torch.rand(1, 3, 12, 16))
+
+
+def test_uniform_routing_init_makes_copied_experts_start_as_the_plain_msrresnet():
+    torch.manual_seed(0)
+    plain = MSRResNet(num_feat=8, num_block=2, scale=4)
+    for p in plain.parameters():  # weights of a trained-looking net (the default init makes the residual ~0)
+        nn.init.normal_(p, std=0.2)
+    dasr = DASRNet(num_feat=8, num_block=2, num_experts=5, scale=4)
+    copy_into_experts(dasr.generator, plain.state_dict())
+    lr = torch.rand(2, 3, 10, 12)
+    with torch.no_grad():
+        assert not torch.allclose(dasr(lr)[0], plain(lr), atol=1e-4)  # the official init scales the copied weights
+        dasr.weighting.uniform_init_()
+        torch.testing.assert_close(dasr(lr)[0], plain(lr), atol=1e-5, rtol=1e-5)

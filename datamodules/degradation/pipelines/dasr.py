@@ -297,14 +297,22 @@ class DASRDegradation(Degradation):
 
     @staticmethod
     def _noise_batched(x: Tensor, p: dict[str, Tensor], stage: str) -> Tensor:
-        """The whole batch's noise from one generator seeded with the first sample's seed: no loop over samples."""
+        """The whole batch's noise from one generator seeded with the first sample's seed: no loop over samples.
+
+        One Gaussian draw for the samples with Gaussian noise and one Poisson draw for those with Poisson noise.
+        """
         n, c, h, w = x.shape
         generator = torch.Generator(device=x.device).manual_seed(int(p[f"noise{stage}_seed"][0]))
-        kind = p[f"noise{stage}_type"].to(x.device).view(-1, 1, 1, 1)
+        kind = p[f"noise{stage}_type"].to(x.device)
         gray = p[f"noise{stage}_gray"].to(x.device)
-        field = torch.randn(n, c, h, w, generator=generator, device=x.device, dtype=x.dtype)
-        field = torch.where(gray.view(-1, 1, 1, 1), field[:, :1].expand_as(field), field)
-        gaussian = field * (p[f"noise{stage}_sigma"].to(x) / 255).view(-1, 1, 1, 1)
-        poisson = ops.poisson_noise(x, p[f"noise{stage}_poisson_scale"].to(x), gray, generator) - x
-        noise = torch.where(kind == 0, gaussian, torch.where(kind == 1, poisson, torch.zeros_like(x)))
+        noise = torch.zeros_like(x)
+        g = (kind == 0).nonzero().squeeze(1)
+        if g.numel():
+            field = torch.randn(len(g), c, h, w, generator=generator, device=x.device, dtype=x.dtype)
+            field = torch.where(gray[g].view(-1, 1, 1, 1), field[:, :1].expand_as(field), field)
+            noise[g] = field * (p[f"noise{stage}_sigma"].to(x)[g] / 255).view(-1, 1, 1, 1)
+        q = (kind == 1).nonzero().squeeze(1)
+        if q.numel():
+            scale = p[f"noise{stage}_poisson_scale"].to(x)[q]
+            noise[q] = ops.poisson_noise(x[q], scale, gray[q], generator) - x[q]
         return ops.add_noise(x, noise).clamp(0, 1)
