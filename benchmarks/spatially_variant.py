@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--single", help="single-network baseline checkpoint (SingleNetSR)")
     p.add_argument("--picture", help="PNG of the first image: LR | KOALAnet's kernel error | KOALAnet's SR")
     p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--wandb", action="store_true", help="also log the table and the picture to W&B (project blindsr, "
+                   "group koalanet; offline in runs/wandb unless W&B is configured)")  # fmt: skip
     args = p.parse_args()
     torch.set_grad_enabled(False)
     s = args.scale
@@ -132,6 +134,25 @@ def main() -> None:
             f"training kernel: SAE {means['kernel/const_sae']:.3f}, L2 {means['kernel/const_l2']:.5f}"
         )
     print(json.dumps({"images": n, **{k: round(v, 5) for k, v in means.items()}}))
+    if args.wandb:
+        log_to_wandb(args, methods, means)
+
+
+def log_to_wandb(args: argparse.Namespace, methods: dict, means: dict[str, float]) -> None:
+    """One W&B run (``job_type spatially_variant``): the PSNR/SSIM table, kernel errors and the picture."""
+    import wandb
+
+    from lightning_modules.core.cli import wandb_configured
+
+    run = wandb.init(project="blindsr", group="koalanet", job_type="spatially_variant", dir="runs",
+                     mode=None if wandb_configured() else "offline", config=vars(args))  # fmt: skip
+    rows = [[name, means[f"{name}/psnr_y"], means[f"{name}/ssim_y"]] for name in methods]
+    payload = {"spatially_variant/results": wandb.Table(columns=["method", "psnr_y", "ssim_y"], data=rows)}
+    payload.update({f"spatially_variant/{k}": v for k, v in means.items() if k.startswith("kernel/")})
+    if args.picture:
+        payload["spatially_variant/picture"] = wandb.Image(args.picture, caption="LR | KOALAnet per-pixel SAE | SR")
+    run.log(payload)
+    run.finish()
 
 
 def mean_native_kernel(scale: int, count: int = 20_000, seed: int = 0) -> torch.Tensor:

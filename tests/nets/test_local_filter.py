@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,3 +176,32 @@ def test_shape_errors_are_explicit():
         local_downsample(torch.rand(1, 3, 10, 10), torch.rand(1, 16, 4, 5), 4, 2)
     with pytest.raises(ValueError, match="filters must be"):
         local_upsample(torch.rand(1, 3, 4, 4), torch.rand(1, 25, 4, 4), 5, 2)
+
+
+def _official_local_conv_us(img: np.ndarray, kernel_2d: np.ndarray, factor: int, k_sz: int) -> np.ndarray:
+    """A numpy port of the official (TF) ``local_conv_us`` followed by ``depth_to_space`` (DCR), NHWC.
+
+    Patches: ``extract_image_patches`` with SAME zero padding, taps row-major, channels fastest; the raw kernels are
+    split into ``k*k`` groups of ``f*f`` (tap-major), normalised over the taps per sub-pixel, and the per-sub-pixel
+    results concatenated sub-pixel-major before ``depth_to_space``.
+    """
+    b, h, w, c = img.shape
+    r = k_sz // 2
+    padded = np.pad(img, ((0, 0), (r, r), (r, r), (0, 0)))
+    patches = np.stack([padded[:, i : i + h, j : j + w, :] for i in range(k_sz) for j in range(k_sz)], axis=3)
+    kern = kernel_2d.reshape(b, h, w, k_sz * k_sz, factor * factor)  # split into k*k groups of f*f, stacked on 3
+    kern = kern - kern.mean(axis=3, keepdims=True) + 1.0 / k_sz**2
+    result = np.einsum("bhwtc,bhwtq->bhwqc", patches, kern).reshape(b, h, w, factor * factor * c)  # concat over q
+    out = result.reshape(b, h, w, factor, factor, c).transpose(0, 1, 3, 2, 4, 5)  # depth_to_space, DCR
+    return out.reshape(b, h * factor, w * factor, c)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_local_upsample_matches_the_official_tf_order(factor):
+    gen = torch.Generator().manual_seed(factor)
+    lr = torch.rand(2, 3, 5, 6, generator=gen, dtype=torch.float64)
+    raw = torch.randn(2, 25 * factor * factor, 5, 6, generator=gen, dtype=torch.float64)
+    normalised = kernel_normalize(raw.view(2, 25, factor * factor, 5, 6), 5).view_as(raw)
+    ours = local_upsample(lr, normalised, 5, factor)
+    ref = _official_local_conv_us(lr.permute(0, 2, 3, 1).numpy(), raw.permute(0, 2, 3, 1).numpy(), factor, 5)
+    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), ref, rtol=1e-10, atol=1e-12)
