@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
 import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_modules.core.precision import (
+    INFERENCE_PATHS,
+    as_layout,
+    inference_context,
+    to_layout,
+    uses_channels_last,
+)
+from lightning_modules.nets.moesr import ExpertBank
+
+PEAK_CHANNELS = 64
+PEAK_PATHS = (*INFERENCE_PATHS, "bf16_nchw")  # bf16_nchw: for information (NCHW weights and input under autocast)
 
 
 def _sync(device: torch.device) -> None:
@@ -36,3 +51,47 @@ def grid_crops(img: torch.Tensor, size: int, count: int) -> list[torch.Tensor]:
     crops = [img[:, y : y + size, x : x + size] for y in ys for x in xs]
     step = max(1, len(crops) // count)
     return crops[::step][:count]
+
+
+def rand_on(*shape: int, device: torch.device, seed: int = 0) -> Tensor:
+    """Seeded uniform ``[0, 1)`` tensor (drawn on the CPU, the same on every device), moved to ``device``."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def make_call(net: nn.Module, inputs: tuple, layout: str, precision: str, device: torch.device) -> Callable[[], object]:
+    """A call of a copy of ``net``, weights and 4-D inputs in ``layout``'s format, under ``precision``'s autocast."""
+    net = to_layout(copy.deepcopy(net), layout)
+    if isinstance(net, ExpertBank):  # 5-D stacked weights: the bank sets its grouped convolutions' layout itself
+        net.set_memory_format(torch.channels_last if uses_channels_last(layout) else torch.contiguous_format)
+    args = tuple(as_layout(a, layout) if isinstance(a, Tensor) else a for a in inputs)
+
+    def call() -> object:
+        with torch.inference_mode(), inference_context(precision, device):
+            return net(*args)
+
+    return call
+
+
+def count_flops(call: Callable[[], object]) -> tuple[int, object]:
+    """FLOPs of one call as ``FlopCounterMode`` counts them (multiply-add = 2), and its output."""
+    with FlopCounterMode(display=False) as counter:
+        out = call()
+    return counter.get_total_flops(), out
+
+
+def measure_peak(size: int, device: torch.device, repeats: int) -> dict:
+    """GFLOP/s of a 3x3 64 -> 64 convolution on ``(1, 64, size, size)`` in every path; the peak is the best."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(PEAK_CHANNELS, PEAK_CHANNELS, 3, padding=1).to(device).eval()
+    x = rand_on(1, PEAK_CHANNELS, size, size, device=device)
+    flops = 2 * PEAK_CHANNELS * PEAK_CHANNELS * 9 * size * size
+    calls = {
+        p: make_call(conv, (x,), "fp32" if p == "bf16_nchw" else p, "bf16" if p == "bf16_nchw" else p, device)
+        for p in PEAK_PATHS
+    }
+    counted, _ = count_flops(calls["fp32"])
+    seconds = time_interleaved(calls, device, repeats)
+    gflops = {p: flops / t / 1e9 for p, t in seconds.items()}
+    best = max(gflops, key=gflops.__getitem__)
+    return {"size": size, "flops": flops, "flops_counted": counted, "seconds": seconds, "gflops": gflops,
+            "peak_gflops": gflops[best], "peak_path": best}  # fmt: skip

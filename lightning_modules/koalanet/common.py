@@ -13,14 +13,18 @@ systems keep the base class's ``kernel_centre = "block"``.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.degradation.koala_sampler import KOALAKernelSampler, koala_to_block_centre
 from lightning_modules.core.stages import check_state_dict, read_checkpoint, stage_hparams
-from lightning_modules.nets.koalanet import KOALABaselineNet, KOALADownsamplingNet
+from lightning_modules.nets.koalanet import KOALABaselineNet, KOALADownsamplingNet, KOALAUpsamplingNet
 from lightning_modules.nets.layers import kernel_normalize, local_downsample
+
+logger = logging.getLogger(__name__)
 
 KERNEL_SIZE = 20
 STAGE_COMMANDS = {
@@ -127,3 +131,36 @@ def mean_training_kernel(scale: int, count: int = 20_000, seed: int = 0) -> Tens
     sampler = KOALAKernelSampler()
     params = sampler.sample(count, torch.Generator().manual_seed(seed), "cpu")
     return koala_to_block_centre(sampler.kernels(params, scale).mean(0), scale)
+
+
+def load_stage_weights(koala: KOALAUpsamplingNet, baseline_state: dict[str, Tensor]) -> None:
+    """Copy a trained ``KOALABaselineNet``'s tensors into ``koala`` by name (stage 2 -> stage 3), strictly.
+
+    Every baseline tensor must find a same-shaped tensor in ``koala``, and every tensor of ``koala`` that is not
+    KOALA-only (``koala.koala_only_keys()``: kernel features, ``mul``, ``filt``) must be given. The KOALA-only tensors
+    keep their initialisation and are reported as new (logged at INFO).
+
+    Args:
+        koala: The stage-3 upsampling net, modified in place.
+        baseline_state: ``KOALABaselineNet.state_dict()`` (without any Lightning prefix).
+
+    Raises:
+        ValueError: Listing the missing, unexpected and mis-shaped tensors, if there are any.
+    """
+    target = koala.state_dict()
+    new = koala.koala_only_keys()
+    unexpected = sorted(set(baseline_state) - set(target))
+    missing = sorted(set(target) - set(baseline_state) - set(new))
+    mismatched = [
+        f"{key}: {tuple(value.shape)} vs {tuple(target[key].shape)}"
+        for key, value in baseline_state.items()
+        if key in target and value.shape != target[key].shape
+    ]
+    if unexpected or missing or mismatched:
+        raise ValueError(
+            "baseline weights do not fit the KOALA upsampling net: "
+            f"missing {missing}, unexpected {unexpected}, mis-shaped {mismatched} "
+            f"({len(new)} KOALA-only tensors are new and need no baseline weights)"
+        )
+    koala.load_state_dict({**target, **baseline_state}, strict=True)
+    logger.info("loaded %d baseline tensors; new (KOALA-only, initialised): %s", len(baseline_state), new)

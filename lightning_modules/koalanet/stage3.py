@@ -24,12 +24,13 @@ from lightning_modules.koalanet.common import (
     command,
     kernel_losses,
     load_downsampling_net,
+    load_stage_weights,
     pad_to_multiple,
     read_baseline_state,
     to_signed,
     to_unit,
 )
-from lightning_modules.nets.koalanet import KOALADownsamplingNet, KOALAUpsamplingNet, load_stage_weights
+from lightning_modules.nets.koalanet import KOALADownsamplingNet, KOALAUpsamplingNet
 
 
 class KOALAnetSystem(SRSystem):
@@ -47,6 +48,8 @@ class KOALAnetSystem(SRSystem):
         sr_weight: Weight of ``L1(HR, SR)``.
         recon_weight: Weight of the LR reconstruction L1.
         kernel_weight: Weight of the mean-kernel L1.
+        koala_init: ``"official"`` (Xavier, the TF code) or ``"identity"`` (deviation: KOALA modules start as the
+            plain res-blocks, so stage 3 starts at stage 2's output; see ``KOALAUpsamplingNet``).
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -62,6 +65,7 @@ class KOALAnetSystem(SRSystem):
         sr_weight: float = 1.0,
         recon_weight: float = 1.0,
         kernel_weight: float = 1.0,
+        koala_init: str = "official",
         **kwargs,
     ) -> None:
         kwargs.setdefault("scale", 4)
@@ -69,7 +73,9 @@ class KOALAnetSystem(SRSystem):
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=list(RUNTIME_HPARAMS))
         self.down = KOALADownsamplingNet(self.scale, width=width)
-        self.up = KOALAUpsamplingNet(self.scale, num_blocks=num_blocks, num_koala=num_koala, feat=feat)
+        self.up = KOALAUpsamplingNet(
+            self.scale, num_blocks=num_blocks, num_koala=num_koala, feat=feat, koala_init=koala_init
+        )
 
     def on_fit_start(self) -> None:
         """A new ``fit`` loads the stage 1 and stage 2 weights; a resumed one does not read those files.

@@ -263,7 +263,7 @@ class MixtureSR(ResumableRNG, FrozenParts, SRSystem):
             self._stash = (lr, parts)
         return self._combine(parts)
 
-    def _tiled(self, lr: Tensor) -> Tensor:
+    def tiled_super_resolve(self, lr: Tensor) -> Tensor:
         """Tiled inference with E-Net's posterior of the *whole* image (E-Net pools globally, tiles would not)."""
         q = self.posterior(lr)
         return tiled_forward(lambda t: self.super_resolve(t, q), lr, self.scale, self.tile_size, self.tile_overlap)

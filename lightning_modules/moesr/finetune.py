@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from datamodules.degradation.ops import quantize, resize
+from lightning_modules.core.precision import full_precision
 from lightning_modules.moesr.crops import (
     CROP_SIZE,
     ROTATE_PROB,
@@ -78,8 +79,10 @@ def downscale_valid(x: Tensor, kernel: Tensor, scale: int) -> Tensor:
     if kernel.dim() != 2:
         raise ValueError(f"kernel must be (k, k), got {tuple(kernel.shape)}")
     ch = x.shape[1]
+    x = x.float()
     weight = kernel.to(x).expand(ch, 1, *kernel.shape)
-    return F.conv2d(x, weight, stride=scale, groups=ch)
+    with full_precision(x.device):  # a fixed 3-channel operator: cheap, and the loss compares it to 8-bit pixels
+        return F.conv2d(x, weight, stride=scale, groups=ch)
 
 
 def centre_crop(x: Tensor, height: int, width: int) -> Tensor:

@@ -29,7 +29,7 @@ class FrozenStagesSystem(FrozenParts, SRSystem):
     Args:
         experts_ckpt: Experts checkpoint; ``{scale}`` is filled with the model's scale.
         val_max_batch: Most (image, kernel) pairs per expert/ISE call in validation and inference (memory; ``None``:
-            one call per transform group). A runtime option.
+            one call per shape class of transforms). A runtime option.
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 

@@ -1,8 +1,10 @@
 """The grid through the experts: every grid kernel's expert output and its ISE error, in batched calls.
 
 * :func:`grid_outputs` runs grid kernels' experts on LR images through the four input transforms: **one**
-  ``ExpertBank`` call per transform group (all the group's experts at once as a grouped convolution, never a loop
-  over experts; ``max_batch`` only splits a group into memory-sized chunks).
+  ``ExpertBank`` call per shape class of transforms (identity and flip keep the image's shape, the two transposing
+  ones swap it: two calls for the 85 kernels, all their experts at once as a grouped convolution, never a loop over
+  experts; ``max_batch`` only splits a call into memory-sized chunks). Each transformed image is made and bicubic-
+  upsampled once per call (``ExpertBank(..., slot_source=...)``), not once per kernel.
 * :func:`grid_errors` adds ISE: ``E_i = mean over ISE's output pixels of ISE(U_i(LR), up(LR))^2`` (Eq. 8 / 10,
   official "mean of the squared ISE output"), for all ``N`` grid kernels in the official order -> ``(B, N)``.
 * :func:`grid_expert`: one grid kernel's expert as a standalone network, its input transform folded into the weights.
@@ -39,13 +41,8 @@ def _chunks(n: int, size: int | None) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _groups(grid: MoESRGrid, indices: Tensor) -> Iterator[tuple[int, Tensor]]:
-    """``(transform, positions)`` of each transform present among ``indices`` (1-D, CPU)."""
-    transforms = grid.transform[indices]
-    for t in range(4):
-        pos = (transforms == t).nonzero().flatten()
-        if pos.numel():
-            yield t, pos
+# Input transforms whose images share a shape (0 identity and 3 flip keep (h, w); 1 and 2 transpose it).
+SHAPE_CLASSES = ((0, 3), (1, 2))
 
 
 def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor | None, max_batch: int | None):
@@ -56,13 +53,23 @@ def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor |
     indices = indices.detach().cpu().long()
     if indices.dim() == 1:  # the same kernels for every image: (B, n, ...) with experts (n,)
         per_call = None if not max_batch else max(1, max_batch // bsz)
-        for t, pos in _groups(grid, indices):
-            x = apply_transform(lr, t)
+        for pair in SHAPE_CLASSES:  # transforms whose images have one shape share calls
+            transforms = grid.transform[indices]
+            pos = torch.isin(transforms, torch.tensor(pair)).nonzero().flatten()
+            if pos.numel() == 0:
+                continue
+            sources = torch.stack([apply_transform(lr, t) for t in pair], dim=1)  # (B, 2, 3, h', w')
             for part in _chunks(pos.numel(), per_call):
                 p = pos[part]
-                experts = grid.expert_index[indices[p]]
-                sr = bank(x[:, None].expand(bsz, p.numel(), *x.shape[1:]), experts)
-                yield None, p, invert_transform(sr, t)
+                slot_t = transforms[p]
+                slot_source = (slot_t == pair[1]).long()
+                sr = bank(sources, grid.expert_index[indices[p]], slot_source=slot_source)
+                out = torch.empty_like(sr) if pair[0] == 0 else sr.new_empty(*sr.shape[:3], *sr.shape[-2:][::-1])
+                for j, t in enumerate(pair):
+                    sel = (slot_source == j).nonzero().flatten().to(sr.device)
+                    if sel.numel():
+                        out[:, sel] = invert_transform(sr[:, sel], t)
+                yield None, p, out
         return
     if indices.shape[0] != bsz:
         raise ValueError(f"per-image indices must be (B, K) with B = {bsz}, got {tuple(indices.shape)}")
@@ -90,7 +97,7 @@ def grid_outputs(
         lr: ``(B, 3, h, w)``.
         indices: Grid kernels to run: ``None`` (all ``N``), ``(K,)`` (the same for every image) or ``(B, K)`` (per
             image, e.g. a random subset per training image).
-        max_batch: Most (image, kernel) pairs per ``ExpertBank`` call (``None``: one call per transform group).
+        max_batch: Most (image, kernel) pairs per ``ExpertBank`` call (``None``: one call per shape class).
 
     Returns:
         ``(B, K, 3, s*h, s*w)``; slot ``k`` is grid kernel ``indices[k]`` (or ``indices[b, k]``).
@@ -122,7 +129,7 @@ def ise_errors(ise: ISE, sr: Tensor, up: Tensor, max_batch: int | None = None) -
     bsz, k = sr.shape[:2]
     flat = sr.flatten(0, 1)
     ups = up[:, None].expand(bsz, k, *up.shape[1:]).flatten(0, 1)
-    errs = [ise(flat[s], ups[s]).square().mean(dim=(1, 2, 3)) for s in _chunks(flat.shape[0], max_batch)]
+    errs = [ise(flat[s], ups[s]).float().square().mean(dim=(1, 2, 3)) for s in _chunks(flat.shape[0], max_batch)]
     return torch.cat(errs).reshape(bsz, k)
 
 
@@ -136,7 +143,7 @@ def grid_errors(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """ISE error of every grid kernel's expert output on ``lr`` (Eq. 8 / 10), official order.
 
-    Runs one ``ExpertBank`` call and one ISE call per transform group (or per ``max_batch`` chunk of it); SR images
+    Runs one ``ExpertBank`` call and one ISE call per shape class (or per ``max_batch`` chunk of it); SR images
     are dropped after use unless ``return_outputs``.
 
     Args:
@@ -144,7 +151,7 @@ def grid_errors(
         ise: The sharpness evaluator.
         grid: The experts' grid.
         lr: ``(B, 3, h, w)``; ``s*h`` and ``s*w`` must be at least 49 (ISE's receptive field).
-        max_batch: Most (image, kernel) pairs per call (``None``: whole transform groups).
+        max_batch: Most (image, kernel) pairs per call (``None``: whole shape classes).
         return_outputs: Also return the SR images ``(B, N, 3, sh, sw)``.
 
     Returns:

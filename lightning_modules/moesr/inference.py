@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.kernel_files import save_kernel_files
+from lightning_modules.core.precision import as_layout, full_precision, to_layout, uses_channels_last
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
@@ -109,7 +110,7 @@ class MoESR(SRSystem):
             paper; e.g. 128 on a CPU budget; at least ``ceil(49 / scale)``, ISE's receptive field). The fine-tuning
             and the reconstruction always use the whole image.
         max_batch: Most (image, kernel) pairs per expert / ISE call during estimation (GPU memory; ``None``: one
-            call per transform group, about 21 full-size expert outputs at once).
+            call per shape class of transforms, about 43 full-size expert outputs at once).
         finetune_seed: Seed of the fine-tuning crops, rotations and noise (official: 100, the same for every image).
         crop_size: "HR" crop side of fine-tuning, in LR pixels (official: 128).
         progress: Show a per-image progress bar during fine-tuning (when the trainer shows one).
@@ -223,7 +224,8 @@ class MoESR(SRSystem):
         """KEN's kernel parameters ``(B, 3)`` ``(lambda1, lambda2, theta)`` of ``lr`` ``(B, 3, H, W)`` (Eq. 10-11)."""
         self._require_stages(estimation=True)
         errors = grid_errors(self.bank, self.ise, self.grid, self._estimation_input(lr), max_batch=self.max_batch)
-        return self.ken(errors)
+        with full_precision(lr.device):  # a tiny MLP: float32 keeps the kernel parameters exact
+            return self.ken(errors.float())
 
     def estimate_kernel(self, lr: Tensor) -> Tensor:
         """``(B, k, k)`` block-centred kernels ``K(KEN(E))`` of ``lr`` ``(B, 3, H, W)`` (13x13 at x2, 33x33 at x4)."""
@@ -260,7 +262,7 @@ class MoESR(SRSystem):
         """A trainable standalone copy of grid kernel ``grid_index``'s expert, its input transform folded in."""
         self._require_stages(estimation=False)
         with torch.inference_mode(False):
-            net = grid_expert(self.bank, self.grid, grid_index)
+            net = to_layout(grid_expert(self.bank, self.grid, grid_index), self.inference_path)
         return net.requires_grad_(True)
 
     def adapt(self, lr: Tensor, choice: KernelChoice, i: int = 0, name: str = "") -> tuple[nn.Module, float]:
@@ -318,12 +320,16 @@ class MoESR(SRSystem):
         """Choose kernels and fine-tune one expert per image; while open, ``super_resolve`` runs those experts."""
         lr = batch["lr"]
         names = batch.get("name") or [str(i) for i in range(lr.shape[0])]
-        choice = self.choose(lr, gt_kernel)
         nets, seconds = [], []
-        for i in range(lr.shape[0]):
-            net, sec = self.adapt(lr[i : i + 1], choice, i, names[i])
-            nets.append(net)
-            seconds.append(sec)
+        fmt = torch.channels_last if uses_channels_last(self.inference_path) else torch.contiguous_format
+        self.bank.set_memory_format(fmt)
+        with self.inference_scope(lr.device):
+            lr = as_layout(lr, self.inference_path)
+            choice = self.choose(lr, gt_kernel)
+            for i in range(lr.shape[0]):
+                net, sec = self.adapt(lr[i : i + 1], choice, i, names[i])
+                nets.append(net)
+                seconds.append(sec)
         self._prepared = nets
         try:
             yield choice, seconds

@@ -25,9 +25,9 @@ normal), zero bias. A residual block is **pre-activation**: ``x + conv(ReLU(conv
   normalize(conv1x1(ReLU(conv1x1(f_d, 64)), 49))``; ``out = x + local_filter(n * m, k, 7)`` (one 7x7 filter per pixel,
   shared by the 64 channels).
 * ``KOALABaselineNet``: the stage-2 upsampling baseline, 12 res-blocks and no kernel branch, with the same module
-  names (``conv_in``, ``blocks.{i}.conv1/conv2``, ``kernel_head``, ``residual_head``); ``load_stage_weights`` copies
-  all of it into the KOALA net (the official restores ``SISR_DUF/conv2d*`` and ``SISR_DUF/Residual_block0*``: every
-  baseline variable, heads included).
+  names (``conv_in``, ``blocks.{i}.conv1/conv2``, ``kernel_head``, ``residual_head``);
+  ``koalanet.common.load_stage_weights`` copies all of it into the KOALA net (the official restores
+  ``SISR_DUF/conv2d*`` and ``SISR_DUF/Residual_block0*``: every baseline variable, heads included).
 
 Parameter counts (a 3x3 conv ``a -> b`` has ``9ab + b``, a 4x4 transposed conv ``16ab + b``, a 1x1 ``ab + b``; RB(c)
 is a res-block, ``2 (9c^2 + c)``):
@@ -38,18 +38,14 @@ is a res-block, ``2 (9c^2 + c)``):
 * upsampling net: kernel features 230,464 + 2 x 36,928 = 304,320; conv_in 1,792; 12 RB(64) 886,272; KOALA extras
   5 x (m: 2 x 36,928 + k: 4,160 + 3,185) = 406,005; kernel head 73,856 + (9 x 128 x 25 s^2 + 25 s^2) = 115,300 (x2)
   / 461,200 (x4); residual head 73,856 + (x4: 18,496 + 435; x2: 867): **1,862,268** (x2), **2,226,232** (x4).
-* KOALAnet: **6,181,452** (x2) and **6,545,416** (x4), against the paper's 6.09 M and 6.45 M. The difference
-  between the scales (363,964; paper 0.36 M) is exactly the scale-dependent layers (the kernel head's output conv and
-  the residual head's x4 layers), so those agree; the constant excess of ~0.09 M (between 90,417 and 96,452 given the
-  paper's rounding) lies in the scale-independent part. We build every layer the official code builds, with the
-  official widths (checked layer by layer against ``ops.py`` and ``koalanet.py``); no single layer of it has that
-  size (e.g. a 64-channel res-block is 73,856, a 3x3 64 -> 64 conv 36,928), so the paper's figure presumably
-  counted a slightly different variant. Biases are not it (7,064 at x4 in all). The tests assert our exact numbers.
+* KOALAnet: **6,181,452** (x2) and **6,545,416** (x4), against the paper's 6.09 M and 6.45 M. The scale difference
+  (363,964; paper 0.36 M) is exactly the scale-dependent layers; the constant ~0.09 M excess lies in the
+  scale-independent part, where every layer matches the official ``ops.py``/``koalanet.py`` and none has that size
+  (biases total 7,064): the paper presumably counted a slightly different variant. Tests assert our numbers.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -64,10 +60,8 @@ __all__ = [
     "KOALADownsamplingNet",
     "KOALAResBlock",
     "KOALAUpsamplingNet",
-    "load_stage_weights",
 ]
 
-logger = logging.getLogger(__name__)
 
 SCALES = (2, 4)
 UP_KERNEL = 5
@@ -135,6 +129,19 @@ class KOALABlock(KOALAResBlock):
         self.k_size = k_size
         self.mul = nn.Sequential(_conv(kernel_channels, channels), nn.ReLU(), _conv(channels, channels))
         self.filt = nn.Sequential(_conv(kernel_channels, channels, 1), nn.ReLU(), _conv(channels, k_size * k_size, 1))
+
+    @torch.no_grad()
+    def identity_init_(self) -> None:
+        """Start as the plain res-block: ``m = 1`` and ``k`` = the centre tap (last convs zero, biases 1 / one-hot).
+
+        ``kernel_normalize`` maps the one-hot centre to itself, so the block equals ``KOALAResBlock`` until training
+        moves the last convs (they still receive gradients; the layers before them follow once those are non-zero).
+        """
+        nn.init.zeros_(self.mul[-1].weight)
+        nn.init.ones_(self.mul[-1].bias)
+        nn.init.zeros_(self.filt[-1].weight)
+        nn.init.zeros_(self.filt[-1].bias)
+        self.filt[-1].bias[(self.k_size * self.k_size) // 2] = 1.0
 
     def forward(self, x: Tensor, kernel_features: Tensor) -> Tensor:  # type: ignore[override]
         """``x + local_filter(n * m, normalize(k), 7)``.
@@ -287,6 +294,9 @@ class KOALAUpsamplingNet(_UpsamplingNet):
         feat: Feature channels (64).
         kernel_channels: Channels of the raw kernels, ``K*K`` (400).
         in_ch: Image channels (3).
+        koala_init: ``"official"`` (Xavier-normal everywhere, as the TF code) or ``"identity"`` (a deviation: each
+            KOALA module starts as the plain res-block, ``KOALABlock.identity_init_``, so stage 3 starts exactly at
+            stage 2's output instead of perturbing it with random multiplicative maps and filters).
     """
 
     def __init__(
@@ -297,6 +307,7 @@ class KOALAUpsamplingNet(_UpsamplingNet):
         feat: int = 64,
         kernel_channels: int = 400,
         in_ch: int = 3,
+        koala_init: str = "official",
     ) -> None:
         super().__init__(scale, num_blocks, feat, in_ch)
         if not 0 <= num_koala <= num_blocks or kernel_channels < 1:
@@ -310,6 +321,11 @@ class KOALAUpsamplingNet(_UpsamplingNet):
             + [KOALAResBlock(feat) for _ in range(num_blocks - num_koala)]
         )
         _official_init_(self)
+        if koala_init not in ("official", "identity"):
+            raise ValueError(f"koala_init must be 'official' or 'identity', got {koala_init!r}")
+        if koala_init == "identity":
+            for block in self.blocks[:num_koala]:
+                block.identity_init_()
 
     def koala_only_keys(self) -> list[str]:
         """Keys the baseline lacks: the kernel-feature branch and the ``mul``/``filt`` of each KOALA module."""
@@ -374,36 +390,3 @@ class KOALABaselineNet(_UpsamplingNet):
         for block in self.blocks:
             x = block(x)
         return self._reconstruct(lr, x)
-
-
-def load_stage_weights(koala: KOALAUpsamplingNet, baseline_state: dict[str, Tensor]) -> None:
-    """Copy a trained ``KOALABaselineNet``'s tensors into ``koala`` by name (stage 2 -> stage 3), strictly.
-
-    Every baseline tensor must find a same-shaped tensor in ``koala``, and every tensor of ``koala`` that is not
-    KOALA-only (``koala.koala_only_keys()``: kernel features, ``mul``, ``filt``) must be given. The KOALA-only tensors
-    keep their initialisation and are reported as new (logged at INFO).
-
-    Args:
-        koala: The stage-3 upsampling net, modified in place.
-        baseline_state: ``KOALABaselineNet.state_dict()`` (without any Lightning prefix).
-
-    Raises:
-        ValueError: Listing the missing, unexpected and mis-shaped tensors, if there are any.
-    """
-    target = koala.state_dict()
-    new = koala.koala_only_keys()
-    unexpected = sorted(set(baseline_state) - set(target))
-    missing = sorted(set(target) - set(baseline_state) - set(new))
-    mismatched = [
-        f"{key}: {tuple(value.shape)} vs {tuple(target[key].shape)}"
-        for key, value in baseline_state.items()
-        if key in target and value.shape != target[key].shape
-    ]
-    if unexpected or missing or mismatched:
-        raise ValueError(
-            "baseline weights do not fit the KOALA upsampling net: "
-            f"missing {missing}, unexpected {unexpected}, mis-shaped {mismatched} "
-            f"({len(new)} KOALA-only tensors are new and need no baseline weights)"
-        )
-    koala.load_state_dict({**target, **baseline_state}, strict=True)
-    logger.info("loaded %d baseline tensors; new (KOALA-only, initialised): %s", len(baseline_state), new)

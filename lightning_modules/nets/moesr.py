@@ -54,6 +54,7 @@ class _BankStage(nn.Module):
         if num_layers < 2:
             raise ValueError(f"num_layers must be >= 2, got {num_layers}")
         self.factor = factor
+        self.memory_format = torch.contiguous_format  # ExpertBank.set_memory_format
         widths = [3] + [channels] * (num_layers - 1) + [3]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -65,21 +66,30 @@ class _BankStage(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(num_experts, cout)))
 
-    def forward(self, x: Tensor, experts: Tensor | None) -> Tensor:
-        """``x`` ``(B, G, 3, h, w)`` -> ``(B, G, 3, f*h, f*w)``, slot ``g`` run by expert ``experts[g]`` (all: None)."""
-        bsz, groups, ch, h, w = x.shape
-        up = F.interpolate(x.reshape(bsz * groups, ch, h, w), scale_factor=self.factor, mode="bicubic",
+    def forward(self, x: Tensor, experts: Tensor | None, slot_source: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, G, 3, h, w)`` -> ``(B, G, 3, f*h, f*w)``, slot ``g`` run by expert ``experts[g]`` (all: None).
+
+        With ``slot_source`` ``(G,)`` long, ``x`` is ``(B, S, 3, h, w)`` distinct inputs and slot ``g`` reads input
+        ``slot_source[g]``: each input is upsampled once, not once per slot.
+        """
+        bsz, n_in, ch, h, w = x.shape
+        up = F.interpolate(x.reshape(bsz * n_in, ch, h, w), scale_factor=self.factor, mode="bicubic",
                            align_corners=False)  # fmt: skip
         hh, ww = up.shape[-2:]
-        y = up.reshape(bsz, groups * ch, hh, ww)
+        up = up.reshape(bsz, n_in, ch, hh, ww)
+        if slot_source is not None:
+            up = up[:, slot_source.to(up.device)]
+        groups = up.shape[1]
+        y = up.reshape(bsz, groups * ch, hh, ww).contiguous(memory_format=self.memory_format)
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             if experts is not None:
                 weight, bias = weight[experts], bias[experts]
-            y = F.conv2d(y, weight.flatten(0, 1), bias.flatten(), padding=1, groups=groups)
+            weight = weight.flatten(0, 1).contiguous(memory_format=self.memory_format)
+            y = F.conv2d(y, weight, bias.flatten(), padding=1, groups=groups)
             if i < last:
                 y = F.relu(y, inplace=True)
-        return up.reshape(bsz, groups, ch, hh, ww) + y.reshape(bsz, groups, ch, hh, ww)
+        return up + y.reshape(bsz, groups, ch, hh, ww)
 
 
 class ExpertBank(nn.Module):
@@ -128,32 +138,49 @@ class ExpertBank(nn.Module):
         # a different expert per (sample, slot): fold the batch into the groups (one grouped conv all the same)
         return lr.reshape(1, bsz * slots, *lr.shape[2:]), experts.reshape(-1), (bsz, slots)
 
-    def stage_outputs(self, lr: Tensor, experts: Tensor | None = None) -> list[Tensor]:
+    def set_memory_format(self, memory_format: torch.memory_format) -> ExpertBank:
+        """Run the grouped convolutions in ``memory_format`` (``torch.channels_last``: NHWC; see core.precision)."""
+        for stage in self.stages:
+            stage.memory_format = memory_format
+        return self
+
+    def stage_outputs(
+        self, lr: Tensor, experts: Tensor | None = None, slot_source: Tensor | None = None
+    ) -> list[Tensor]:
         """Outputs of every stage (x4: the intermediate x2 result, then the x4 result).
 
         Args:
-            lr: ``(B, E', 3, h, w)`` in ``[0, 1]``.
+            lr: ``(B, E', 3, h, w)`` in ``[0, 1]``; with ``slot_source``: ``(B, S, 3, h, w)`` distinct inputs.
             experts: ``None`` (``E' = E``, slot ``i`` -> expert ``i``), ``(E',)`` long (may repeat), or ``(B, E')``
                 long (a different expert per sample and slot).
+            slot_source: ``(E',)`` long, with 1-D ``experts``: slot ``g`` reads ``lr[:, slot_source[g]]`` (shared
+                inputs are upsampled once; e.g. the 85 grid kernels read 2 transformed copies of one image).
 
         Returns:
             One ``(B, E', 3, f*h, f*w)`` tensor per stage (not clamped).
         """
-        x, idx, (bsz, slots) = self._flatten(lr, experts)
+        if slot_source is not None:
+            if experts is None or experts.dim() != 1 or slot_source.shape != experts.shape:
+                raise ValueError("slot_source needs 1-D experts of the same length")
+            x, idx = lr, experts.to(device=self.stages[0].weights[0].device, dtype=torch.long)
+            bsz, slots = lr.shape[0], experts.shape[0]
+        else:
+            x, idx, (bsz, slots) = self._flatten(lr, experts)
         outs = []
-        for stage in self.stages:
-            x = stage(x, idx)
+        for i, stage in enumerate(self.stages):
+            x = stage(x, idx, slot_source if i == 0 else None)
             outs.append(x.reshape(bsz, slots, *x.shape[2:]))
         return outs
 
-    def forward(self, lr: Tensor, experts: Tensor | None = None) -> Tensor:
+    def forward(self, lr: Tensor, experts: Tensor | None = None, slot_source: Tensor | None = None) -> Tensor:
         """Super-resolve slot ``g`` of ``lr`` ``(B, E', 3, h, w)`` with expert ``experts[g]`` -> ``(B, E', 3, sh, sw)``.
 
         Args:
-            lr: ``(B, E', 3, h, w)`` in ``[0, 1]``.
+            lr: ``(B, E', 3, h, w)`` in ``[0, 1]`` (``(B, S, 3, h, w)`` with ``slot_source``).
             experts: ``None`` (all ``E`` in order), ``(E',)`` or ``(B, E')`` long expert indices (may repeat).
+            slot_source: See ``stage_outputs``.
         """
-        return self.stage_outputs(lr, experts)[-1]
+        return self.stage_outputs(lr, experts, slot_source)[-1]
 
     def expert(self, i: int) -> ChainedVDSR:
         """A standalone ``ChainedVDSR`` holding a copy of expert ``i``'s weights (own parameters, same device/dtype)."""

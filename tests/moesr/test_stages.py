@@ -53,7 +53,7 @@ def _reference_outputs(bank, grid, lr):
     return torch.stack(outs, dim=1)
 
 
-def test_grid_outputs_and_errors_match_a_loop_with_one_bank_call_per_transform(monkeypatch, one_thread):
+def test_grid_outputs_and_errors_match_a_loop_with_one_bank_call_per_shape_class(monkeypatch, one_thread):
     torch.manual_seed(0)
     grid = MoESRGrid(2, SMALL)
     bank = ExpertBank(grid.num_experts, 2, num_layers=3, channels=4)
@@ -62,19 +62,20 @@ def test_grid_outputs_and_errors_match_a_loop_with_one_bank_call_per_transform(m
     calls = []
     forward = ExpertBank.forward
 
-    def counting(self, x, experts=None):
-        calls.append(x.shape[1])
-        return forward(self, x, experts)
+    def counting(self, x, experts=None, slot_source=None):
+        calls.append(len(experts) if slot_source is not None else x.shape[1])
+        assert slot_source is None or x.shape[1] == 2  # two transformed copies of the image, not one per kernel
+        return forward(self, x, experts, slot_source)
 
     monkeypatch.setattr(ExpertBank, "forward", counting)
     with torch.no_grad():
         out = grid_outputs(bank, grid, lr)
-        assert len(calls) == 4 and sum(calls) == grid.num_kernels  # one call per transform, all kernels
+        assert len(calls) == 2 and sum(calls) == grid.num_kernels  # one call per shape class, all kernels
         ref = _reference_outputs(bank, grid, lr)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         calls.clear()
         errors = grid_errors(bank, ise, grid, lr)
-        assert len(calls) == 4 and errors.shape == (2, 27)
+        assert len(calls) == 2 and errors.shape == (2, 27)
         up = upsample(lr, 2)
         expected = torch.stack([ise(ref[:, i], up).square().mean(dim=(1, 2, 3)) for i in range(27)], dim=1)
         torch.testing.assert_close(errors, expected, atol=1e-6, rtol=1e-4)

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.koalanet.common import load_stage_weights
 from lightning_modules.nets.koalanet import (
     KOALABaselineNet,
     KOALABlock,
     KOALADownsamplingNet,
     KOALAResBlock,
     KOALAUpsamplingNet,
-    load_stage_weights,
 )
 
 TINY_DOWN = {"kernel_size": 4, "width": 8}
@@ -138,7 +138,7 @@ def test_load_stage_weights_copies_every_baseline_tensor_and_keeps_the_new_ones(
     base = KOALABaselineNet(4, **TINY_BASE)
     koala = KOALAUpsamplingNet(4, **TINY_UP)
     before = {k: v.clone() for k, v in koala.state_dict().items()}
-    with caplog.at_level(logging.INFO, logger="lightning_modules.nets.koalanet"):
+    with caplog.at_level(logging.INFO, logger="lightning_modules.koalanet.common"):
         load_stage_weights(koala, base.state_dict())
     after = koala.state_dict()
     for key, value in base.state_dict().items():
@@ -156,6 +156,24 @@ def test_load_stage_weights_copies_every_baseline_tensor_and_keeps_the_new_ones(
         for block in koala.blocks[: koala.num_koala]:
             _set_branch_constants(block, 1.0, centre_filter=True)
         torch.testing.assert_close(koala(lr, torch.randn(1, 16, 8, 8)), base(lr))
+
+
+def test_identity_init_starts_stage_3_at_the_baseline_and_still_learns_the_kernel_branch():
+    torch.manual_seed(7)
+    base = KOALABaselineNet(4, **TINY_BASE)
+    koala = KOALAUpsamplingNet(4, **TINY_UP, koala_init="identity")
+    official = KOALAUpsamplingNet(4, **TINY_UP)
+    for net in (koala, official):
+        load_stage_weights(net, base.state_dict())
+    lr, raw = torch.rand(1, 3, 8, 8), torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(koala(lr, raw), base(lr), rtol=0, atol=1e-6)
+        assert (official(lr, raw) - base(lr)).abs().max() > 1e-2  # the official init perturbs stage 2's output
+    koala(lr, raw).square().mean().backward()
+    block = koala.blocks[0]
+    assert block.mul[-1].weight.grad.abs().sum() > 0 and block.filt[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="koala_init"):
+        KOALAUpsamplingNet(4, **TINY_UP, koala_init="zeros")
 
 
 def test_load_stage_weights_is_strict():

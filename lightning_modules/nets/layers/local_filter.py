@@ -127,8 +127,13 @@ def _check(x: Tensor, filters: Tensor, channels: int, name: str) -> tuple[int, i
 
 
 def _common_dtype(x: Tensor, filters: Tensor) -> tuple[Tensor, Tensor]:
-    dtype = torch.promote_types(x.dtype, filters.dtype)
-    return x.to(dtype), filters.to(dtype)
+    """Both in at least float32 and NCHW (also under the bf16 / channels-last inference paths).
+
+    The tap loop accumulates up to 400 products (a bfloat16 sum would lose them) and its strided windows are fastest
+    on contiguous planes.
+    """
+    dtype = torch.promote_types(torch.promote_types(x.dtype, filters.dtype), torch.float32)
+    return x.to(dtype).contiguous(), filters.to(dtype).contiguous()
 
 
 def local_filter(x: Tensor, filters: Tensor, k_size: int) -> Tensor:

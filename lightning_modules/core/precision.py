@@ -1,0 +1,81 @@
+"""Inference paths: the precision and memory layout every system runs ``test``/``predict`` in (``inference_path``).
+
+* ``"fp32"``: PyTorch's default NCHW layout in float32 (the reference).
+* ``"channels_last"``: float32, weights and inputs in NHWC (``torch.channels_last``): oneDNN's convolutions avoid
+  the layout reorders of NCHW (about 2x on a 3x3 64->64 convolution on a Sapphire Rapids core,
+  ``benchmarks/throughput.py``).
+* ``"bf16"``: channels-last under ``torch.autocast(dtype=torch.bfloat16)``: convolutions and matrix products in
+  bfloat16 with float32 accumulation (oneDNN uses AMX on CPUs that have it, tensor cores on GPUs); weights stay
+  float32 (so fine-tuning under this path keeps float32 master weights); element-wise work, bicubic skips and
+  losses stay in float32 where their inputs are. Outputs are returned as float32.
+
+``inference_context(path, device)`` opens the path around a forward (and MoESR's fine-tuning);
+``to_layout(module, path)`` / ``as_layout(x, path)`` put weights and inputs in its layout. The accuracy cost of
+each path is tested per system (``tests/core/test_inference_path.py``) and its speed measured by
+``python -m benchmarks.throughput``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+InferencePath = Literal["fp32", "channels_last", "bf16"]
+INFERENCE_PATHS: tuple[str, ...] = get_args(InferencePath)
+
+
+def check_path(path: str) -> InferencePath:
+    """``path`` itself if it is one of ``INFERENCE_PATHS``, else a ``ValueError`` naming the choices."""
+    if path not in INFERENCE_PATHS:
+        raise ValueError(f"unknown inference_path {path!r}; choose from {', '.join(INFERENCE_PATHS)}")
+    return path  # type: ignore[return-value]
+
+
+def uses_channels_last(path: str) -> bool:
+    """Whether ``path`` keeps 4-D weights and activations in NHWC."""
+    return check_path(path) in ("channels_last", "bf16")
+
+
+def to_layout(module: nn.Module, path: str) -> nn.Module:
+    """``module`` (in place) with its 4-D parameters and buffers in ``path``'s memory format; returns it.
+
+    Other ranks are left alone (``nn.Module.to(memory_format=...)`` refuses the 5-D stacked weights of MoESR's
+    expert bank, which are sliced into grouped-convolution weights at run time).
+    """
+    fmt = torch.channels_last if uses_channels_last(path) else torch.contiguous_format
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
+    return module
+
+
+def as_layout(x: Tensor, path: str) -> Tensor:
+    """A 4-D ``x`` in ``path``'s memory format (other ranks unchanged)."""
+    if x.dim() != 4:
+        return x
+    fmt = torch.channels_last if uses_channels_last(path) else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
+
+
+@contextlib.contextmanager
+def inference_context(path: str, device: torch.device | str) -> Iterator[None]:
+    """Autocast to bfloat16 on ``device``'s type for ``"bf16"``; nothing for the float32 paths.
+
+    Safe to nest and to enter inside a training step: autocast leaves parameters in float32 and the backward pass of
+    autocast ops casts gradients back to the parameters' dtype.
+    """
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_path(path) == "bf16"):
+        yield
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str) -> Iterator[None]:
+    """Switch an enclosing autocast on ``device``'s type off (for ops without bfloat16 kernels, e.g. FFTs)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        yield
