@@ -1,7 +1,7 @@
-"""MoESR inference per image: estimation, fine-tuning and reconstruction times, peak memory; batched experts vs loop.
+"""MoESR inference per image in each inference path, against the in-run convolution peak and an official-style flow.
 
     python -m benchmarks.moesr [--scale 2] [--images DIR] [--images-limit N] [--finetune-iters 1000]
-                               [--estimate-crop 0] [--compare-crop 64] [--repeats 3] [--device auto]
+                               [--paths fp32,bf16] [--estimate-crop 0] [--reference] [--compare-crop 64] ...
     # CPU, a few minutes:
     python -m benchmarks.moesr --finetune-iters 20 --estimate-crop 128 --images-limit 1 --compare-crop 24
 
@@ -10,7 +10,8 @@ initial (random) weights: the time and memory of every step do not depend on the
 early, the image sizes and iteration counts are fixed), so no trained checkpoint is needed. Images: the DIV2KRK
 sample of the shared data folder (``lr_x{scale}``) or any folder of LR images.
 
-Per image (``MoESR.choose`` / ``adapt`` / base-class tiled reconstruction, with a device synchronisation after each):
+Per image and inference path (``--paths``; ``core.precision``: ``fp32`` is this release's default, ``bf16`` the
+channels-last bfloat16 path; ``MoESR.choose`` / ``adapt`` / tiled reconstruction, device synchronised after each):
 
 * estimate: ISE errors of all 85 grid kernels' experts on the whole LR image (or its central ``--estimate-crop``
   crop) and KEN, i.e. Eq. 10-12;
@@ -19,14 +20,24 @@ Per image (``MoESR.choose`` / ``adapt`` / base-class tiled reconstruction, with 
   per-iteration = (measured - setup) / iterations), and the table says which numbers are extrapolated;
 * reconstruct: the fine-tuned expert on the whole image (tiled, 256-px LR tiles).
 
+Each phase's FLOPs are counted once per image (``FlopCounterMode``, multiply-add = 2; a separate, untimed pass:
+estimation and reconstruction whole, fine-tuning one iteration with its backward pass) and its GFLOP/s is given as a
+fraction of the **peak measured in the same run**: a 3x3 64 -> 64 convolution on a 256x256 map in every path
+(``benchmarks.common.measure_peak``, as ``benchmarks.throughput``).
+
+Official-style reference (``--reference``, on by default): the estimation written the way the official code works,
+one expert at a time over the 85 grid kernels, the LR image rotated/flipped for each and the output turned back,
+then ISE on it, all NCHW float32; its fine-tuning and reconstruction are the same computation as this release's
+``fp32`` path (the official code rotates weights, not images, and fine-tunes one expert), so those times are taken
+from the ``fp32`` row. ``vs reference`` = reference total / path total.
+
 Peak memory: ``torch.cuda.max_memory_allocated`` per phase on a GPU; on the CPU the process's resident set size
 sampled every 5 ms during each phase (``/proc/self/statm``), and the lifetime peak ``ru_maxrss``.
 
 Batched vs loop: the 85 grid kernels' expert outputs on a central ``--compare-crop`` LR crop, (a) with
-``grid_eval.grid_outputs`` (one ``ExpertBank`` call per input transform: 4 grouped-convolution passes) and (b) with
-a Python loop over the 85 grid kernels running standalone ``ChainedVDSR`` copies of their experts (the official
-code's procedure). Timed in interleaved rounds, medians reported; ``batched_vs_loop`` = loop time / batched time
-(> 1: batched is faster). Both give the same images (max difference printed).
+``grid_eval.grid_outputs`` (one ``ExpertBank`` call per shape class of transforms) and (b) with a Python loop over
+the 85 grid kernels running standalone ``ChainedVDSR`` copies of their experts, both in each of ``--paths``. Timed in
+interleaved rounds, medians reported; ``batched_vs_loop`` = loop time / batched time (> 1: batched is faster).
 
 Prints a table, then one JSON line of headline figures.
 """
@@ -43,14 +54,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import time_interleaved
+from benchmarks.common import measure_peak, time_interleaved
 from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
 from datamodules.images import LRFolderDataset
 from datamodules.test_sets import DIV2KRKDataset
+from lightning_modules.core.precision import INFERENCE_PATHS, as_layout, to_layout
 from lightning_modules.core.runtime import keep_freed_memory
 from lightning_modules.moesr.finetune import FinetuneObjective
-from lightning_modules.moesr.grid_eval import grid_outputs
+from lightning_modules.moesr.grid_eval import grid_outputs, upsample
 from lightning_modules.moesr.inference import MoESR
 from lightning_modules.nets.moesr import ISE, KEN, ExpertBank
 
@@ -124,13 +137,22 @@ def load_images(path: Path, scale: int, limit: int) -> list[tuple[str, torch.Ten
     return [(item["name"], item["lr"][None].float() / 255) for item in items]
 
 
-def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int) -> dict:
-    """Estimate, fine-tune and reconstruct one image; seconds and peak memory of each phase."""
+def use_path(model: MoESR, path: str) -> None:
+    """Switch ``model`` to inference path ``path`` (weights and the bank's grouped convolutions in its layout)."""
+    model.inference_path = path
+    model.apply_inference_layout()
+
+
+def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int, path: str) -> dict:
+    """Estimate, fine-tune and reconstruct one image in ``path``; seconds and peak memory of each phase."""
     device = lr.device
-    row: dict = {"name": name, "size": f"{lr.shape[-1]}x{lr.shape[-2]}"}
-    with PeakMemory(device) as mem, torch.no_grad():
+    use_path(model, path)
+    lr = as_layout(lr, path)
+    row: dict = {"name": name, "size": f"{lr.shape[-1]}x{lr.shape[-2]}", "path": path}
+    with PeakMemory(device) as mem, torch.no_grad(), model.inference_scope(device):
         choice = model.choose(lr)
     row["estimate_s"], row["estimate_mem"] = choice.seconds, mem.peak
+    row["grid_kernel"] = int(choice.grid_index[0])
     # the fine-tuning set-up alone (crop plan, whole-image bicubic and mask), for the extrapolation to 1000
     _sync(device)
     t0 = time.perf_counter()
@@ -138,13 +160,13 @@ def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int) -> dict:
                       if choice.intermediate is None else choice.intermediate[0])  # fmt: skip
     _sync(device)
     row["setup_s"] = time.perf_counter() - t0
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, model.inference_scope(device):
         net, seconds = model.adapt(lr, choice, 0, name)
     row["finetune_measured_s"], row["finetune_mem"] = seconds, mem.peak
     per_iter = max(seconds - row["setup_s"], 0.0) / iters if iters > 0 else 0.0
     row["per_iter_s"] = per_iter
     row["finetune_s"] = row["setup_s"] + PAPER_ITERS * per_iter if iters != PAPER_ITERS else seconds
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, model.inference_scope(device):
         t0 = time.perf_counter()
         sr = model._reconstruct(net, lr)
         _sync(device)
@@ -155,21 +177,63 @@ def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int) -> dict:
     return row
 
 
-def compare_batched_loop(model: MoESR, lr: torch.Tensor, crop: int, repeats: int) -> dict:
-    """Median seconds of the 85 grid outputs: one ExpertBank call per transform vs a loop over grid kernels."""
+def count_phase_flops(model: MoESR, lr: torch.Tensor, iters: int) -> dict[str, float]:
+    """FLOPs of estimation, of 1000 (or ``iters``) fine-tuning iterations and of reconstruction (untimed pass)."""
+    use_path(model, "fp32")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        choice = model.choose(lr)
+    est = counter.get_total_flops()
+    net = model.expert_for(int(choice.grid_index[0]))
+    objective = FinetuneObjective(lr, choice.kernel[0], model.scale, 1, intermediate_kernel=None
+                                  if choice.intermediate is None else choice.intermediate[0])  # fmt: skip
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():
+        objective.losses(net.train(), 0)["total"].backward()
+    per_iter = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model._reconstruct(net.eval(), lr)
+    return {"estimate": est, "finetune": per_iter * PAPER_ITERS, "per_iter": per_iter,
+            "reconstruct": counter.get_total_flops()}  # fmt: skip
+
+
+def reference_estimate(model: MoESR, lr: torch.Tensor) -> float:
+    """Seconds of the official-style estimation: one expert at a time, images transformed, NCHW float32."""
+    use_path(model, "fp32")
+    bank, grid, ise, ken = model.bank, model.grid, model.ise, model.ken
+    x = model._estimation_input(lr)
+    nets = [bank.expert(e).eval() for e in range(bank.num_experts)]  # held in memory, as the official code
+    _sync(lr.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        up = upsample(x, model.scale)
+        errors = []
+        for t, e in zip(grid.transform.tolist(), grid.expert_index.tolist(), strict=True):
+            sr = invert_transform(nets[e](apply_transform(x, t)), t)
+            errors.append(ise(sr, up).square().mean(dim=(1, 2, 3)))
+        ken(torch.stack(errors, dim=1))
+    _sync(lr.device)
+    return time.perf_counter() - t0
+
+
+def compare_batched_loop(model: MoESR, lr: torch.Tensor, crop: int, repeats: int, path: str) -> dict:
+    """Median seconds of the 85 grid outputs in ``path``: one ExpertBank call per shape class vs a loop over kernels."""
     h, w = lr.shape[-2:]
     c = min(crop, h, w)
-    x = lr[..., (h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c]
+    use_path(model, path)
+    x = as_layout(lr[..., (h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c], path)
     bank, grid = model.bank, model.grid
-    nets = [bank.expert(e).eval() for e in range(bank.num_experts)]
+    nets = [to_layout(bank.expert(e).eval(), path) for e in range(bank.num_experts)]
     transforms, experts = grid.transform.tolist(), grid.expert_index.tolist()
 
     def loop() -> torch.Tensor:
-        outs = [invert_transform(nets[e](apply_transform(x, t)), t) for t, e in zip(transforms, experts, strict=True)]
-        return torch.stack(outs, dim=1)
+        with model.inference_scope(x.device):
+            outs = [
+                invert_transform(nets[e](apply_transform(x, t)), t) for t, e in zip(transforms, experts, strict=True)
+            ]
+        return torch.stack(outs, dim=1).float()
 
     def batched() -> torch.Tensor:
-        return grid_outputs(bank, grid, x)
+        with model.inference_scope(x.device):
+            return grid_outputs(bank, grid, x).float()
 
     with torch.no_grad():
         diff = float((loop() - batched()).abs().max())
@@ -184,68 +248,116 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=Path, default=DEFAULT_SET, help="DIV2KRK-layout set or folder of LR images")
     parser.add_argument("--images-limit", type=int, default=0, help="first N images only (default: all)")
     parser.add_argument("--finetune-iters", type=int, default=PAPER_ITERS, help="iterations run (default: 1000)")
+    parser.add_argument("--paths", default="fp32,bf16",
+                        help=f"inference paths to time, comma-separated ({', '.join(INFERENCE_PATHS)}; "
+                             "default: fp32,bf16, the release default and the fast path)")  # fmt: skip
     parser.add_argument("--estimate-crop", type=int, default=0, help="LR crop of kernel estimation (0: whole image)")
     parser.add_argument("--max-batch", type=int, default=8, help="(image, kernel) pairs per expert/ISE call")
-    parser.add_argument("--compare-crop", type=int, default=64, help="LR crop of the batched-vs-loop comparison")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the comparison (median)")
+    parser.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the official-style estimation (one expert at a time; default: on)",
+    )
+    parser.add_argument("--compare-crop", type=int, default=64,
+                        help="LR crop of the batched-vs-loop comparison (0: skip it)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the comparison and the peak (median)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    for p in paths:
+        if p not in INFERENCE_PATHS:
+            parser.error(f"unknown path {p!r} in --paths; choose from {', '.join(INFERENCE_PATHS)}")
     allocator = "glibc, freed memory kept" if keep_freed_memory() else "default allocator"
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    peak = measure_peak(256, device, args.repeats)
     model = build_model(args.scale, device, args.finetune_iters, args.estimate_crop, args.max_batch)
     images = load_images(args.images, args.scale, args.images_limit)
-    rows = [time_image(model, lr.to(device), name, args.finetune_iters) for name, lr in images]
-    cmp = compare_batched_loop(model, images[0][1].to(device), args.compare_crop, args.repeats)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    rows, flops, reference = [], {}, {}
+    for name, lr in images:
+        lr = lr.to(device)
+        flops[name] = count_phase_flops(model, lr, args.finetune_iters)
+        for p in paths:
+            rows.append(time_image(model, lr, name, args.finetune_iters, p))
+        if args.reference:
+            reference[name] = reference_estimate(model, lr)
+    cmp = {p: compare_batched_loop(model, images[0][1].to(device), args.compare_crop, args.repeats, p)
+           for p in paths} if args.compare_crop > 0 else {}  # fmt: skip
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    for r in rows:
+        f = flops[r["name"]]
+        for phase in ("estimate", "finetune", "reconstruct"):
+            r[f"{phase}_peak"] = f[phase] / r[f"{phase}_s"] / 1e9 / peak["peak_gflops"]
+    print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device)
+    return headline(args, rows, reference, peak, cmp, dev, paths)
 
+
+def print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device) -> None:
+    """The per-image, per-path table with the peak fractions, the reference and the comparison."""
     extrapolated = args.finetune_iters != PAPER_ITERS
     crop = f"central {args.estimate_crop}-px crop" if args.estimate_crop else "whole image"
-    print(f"MoESR x{args.scale} inference on {name}, random full-size weights, {allocator}")
+    print(f"MoESR x{args.scale} inference on {dev}, random full-size weights, {allocator}")
+    print(f"in-run peak: 3x3 64->64 conv, {peak['peak_gflops']:.0f} GFLOP/s ({peak['peak_path']}); "
+          + ", ".join(f"{p} {g:.0f}" for p, g in peak["gflops"].items()))  # fmt: skip
     note = f", * = {PAPER_ITERS} extrapolated (setup + {PAPER_ITERS} x per-iteration)" if extrapolated else ""
     print(f"estimate: {crop}; fine-tune: {args.finetune_iters} iterations measured{note}")
     mem_unit = "GPU peak GiB" if device.type == "cuda" else "RSS peak GiB"
-    ft_head = f"ft {PAPER_ITERS} it"
-    print(
-        f"{'image':8} {'LR size':>10} {'estimate s':>11} {'ft setup s':>11} {'ft s/iter':>10} {'ft measured':>12} "
-        f"{ft_head:>11}  {'recon s':>8} {'total s':>9}   {mem_unit}: est/ft/rec"
-    )
+    print(f"{'image':8} {'LR size':>10} {'path':>6} {'estimate s':>11} {'ft s/iter':>10} {'ft 1000 it':>11}  "
+          f"{'recon s':>8} {'total s':>9}  {'peak fraction est/ft/rec':>24}  {mem_unit}: est/ft/rec")  # fmt: skip
     for r in rows:
         mems = "/".join(f"{r[k] / GIB:.2f}" for k in ("estimate_mem", "finetune_mem", "reconstruct_mem"))
-        print(
-            f"{r['name']:8} {r['size']:>10} {r['estimate_s']:11.2f} {r['setup_s']:11.3f} {r['per_iter_s']:10.4f} "
-            f"{r['finetune_measured_s']:12.2f} {r['finetune_s']:11.1f}{'*' if extrapolated else ' '}"
-            f"{r['reconstruct_s']:9.2f} {r['total_s']:9.1f}   {mems}"
-        )
-    print(
-        f"grid outputs (85 kernels, {cmp['crop']}-px LR crop): batched {cmp['batched_s']:.3f} s "
-        f"(4 ExpertBank calls), loop {cmp['loop_s']:.3f} s (85 expert calls): loop/batched = {cmp['ratio']:.2f}, "
-        f"max |difference| {cmp['diff']:.1e}"
-    )
+        fr = "/".join(f"{r[k]:.2f}" for k in ("estimate_peak", "finetune_peak", "reconstruct_peak"))
+        print(f"{r['name']:8} {r['size']:>10} {r['path']:>6} {r['estimate_s']:11.2f} {r['per_iter_s']:10.4f} "
+              f"{r['finetune_s']:11.1f}{'*' if extrapolated else ' '}{r['reconstruct_s']:9.2f} {r['total_s']:9.1f}  "
+              f"{fr:>24}  {mems}")  # fmt: skip
+    for name, f in flops.items():
+        print(f"{name}: GFLOP estimate {f['estimate'] / 1e9:.0f}, fine-tune {f['per_iter'] / 1e9:.1f} per iteration, "
+              f"reconstruct {f['reconstruct'] / 1e9:.0f}")  # fmt: skip
+    for name, sec in reference.items():
+        fp32 = next((r for r in rows if r["name"] == name and r["path"] == "fp32"), None)
+        ref = sec + fp32["finetune_s"] + fp32["reconstruct_s"] if fp32 else None
+        total = f"; total with the fp32 fine-tuning and reconstruction {ref:.1f} s" if fp32 else ""  # noqa: E501
+        print(f"{name}: official-style estimation (85 expert calls, NCHW fp32) {sec:.2f} s{total}")
+    for p, c in cmp.items():
+        print(f"grid outputs (85 kernels, {c['crop']}-px LR crop, {p}): batched {c['batched_s']:.3f} s "
+              f"(2 ExpertBank calls), loop {c['loop_s']:.3f} s (85 expert calls): loop/batched = {c['ratio']:.2f}, "
+              f"max |difference| {c['diff']:.1e}")  # fmt: skip
     if device.type == "cpu":
         print(f"process peak RSS (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
-    def mean(key: str) -> float:
-        return statistics.fmean(r[key] for r in rows)
 
-    headline = {
-        "s_per_image": round(mean("total_s"), 2),
-        "estimate_s": round(mean("estimate_s"), 2),
-        "finetune_s": round(mean("finetune_s"), 2),
-        "reconstruct_s": round(mean("reconstruct_s"), 2),
-        "finetune_s_per_iter": round(mean("per_iter_s"), 4),
-        "finetune_iters_measured": args.finetune_iters,
-        "finetune_extrapolated_to": PAPER_ITERS if extrapolated else None,
-        "estimate_crop": args.estimate_crop,
-        "peak_mem_gib": round(max(max(r[k] for k in r if k.endswith("_mem")) for r in rows) / GIB, 2),
-        "batched_vs_loop": round(cmp["ratio"], 2),
-        "images": len(rows),
-        "scale": args.scale,
-        "device": name,
-    }
-    print(json.dumps(headline))
-    return headline
+def headline(args, rows, reference, peak, cmp, dev, paths) -> dict:
+    """The JSON line: per path the mean seconds per image and phase, peak fractions; ratios to fp32 and reference."""
+
+    def mean(path: str, key: str) -> float:
+        return statistics.fmean(r[key] for r in rows if r["path"] == path)
+
+    out: dict = {"scale": args.scale, "images": len({r["name"] for r in rows}), "device": dev,
+                 "peak_gflops": round(peak["peak_gflops"], 1), "peak_path": peak["peak_path"]}  # fmt: skip
+    for p in paths:
+        out[p] = {k: round(mean(p, k), 3) for k in ("total_s", "estimate_s", "finetune_s", "reconstruct_s",
+                  "per_iter_s", "estimate_peak", "finetune_peak", "reconstruct_peak")}  # fmt: skip
+        out[p]["peak_mem_gib"] = round(max(max(r[k] for k in r if k.endswith("_mem")) for r in rows if r["path"] == p)
+                                       / GIB, 2)  # fmt: skip
+    if "fp32" in paths:
+        for p in paths:
+            out[p]["speedup_vs_fp32"] = round(out["fp32"]["total_s"] / out[p]["total_s"], 2)
+        if reference:
+            ref = statistics.fmean(reference.values()) + out["fp32"]["finetune_s"] + out["fp32"]["reconstruct_s"]
+            out["reference_s"] = round(ref, 2)
+            for p in paths:
+                out[p]["vs_reference"] = round(ref / out[p]["total_s"], 2)
+    if len(paths) > 1:
+        kernels = {}
+        for r in rows:
+            kernels.setdefault(r["name"], set()).add(r["grid_kernel"])
+        out["choice_differs"] = sum(len(v) > 1 for v in kernels.values())
+    out.update({"finetune_iters_measured": args.finetune_iters, "estimate_crop": args.estimate_crop,
+                "batched_vs_loop": {p: round(c["ratio"], 2) for p, c in cmp.items()}})  # fmt: skip
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -168,10 +168,14 @@ class SRSystem(L.LightningModule, ABC):
 
     def on_test_start(self) -> None:
         """Weights in the layout of ``inference_path``."""
-        to_layout(self, self.inference_path)
+        self.apply_inference_layout()
 
     def on_predict_start(self) -> None:
         """Weights in the layout of ``inference_path``."""
+        self.apply_inference_layout()
+
+    def apply_inference_layout(self) -> None:
+        """Put the weights in ``inference_path``'s memory format (systems with 5-D weights extend it)."""
         to_layout(self, self.inference_path)
 
     def inference_scope(self, device: torch.device | str):

@@ -283,10 +283,7 @@ def finetune(
             else intermediate_kernel.clone(), crop_size=crop_size, real=real, noise_std=noise_std, seed=seed,
         )  # fmt: skip
         params = [p for p in net.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=lr_max / div_factor, betas=betas)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr_max, total_steps=iterations, div_factor=div_factor
-        )
+        optimizer, schedule = finetune_optimizer(params, iterations, lr_max, div_factor, betas)
         net.train()
         block: dict[str, Tensor] = {}
         block_start = 0
@@ -305,6 +302,21 @@ def finetune(
                     progress(done, iterations, {k: float(v) / n for k, v in block.items()})
                     block, block_start = {}, done
     return net.eval()
+
+
+def finetune_optimizer(
+    params: list[Tensor],
+    iterations: int,
+    lr_max: float,
+    div_factor: float = 10.0,
+    betas: tuple[float, float] = (0.5, 0.999),
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
+    """DualSR/MoESR's optimiser: Adam (betas 0.5, 0.999) under a one-cycle schedule peaking at ``lr_max``."""
+    optimizer = torch.optim.Adam(params, lr=lr_max / div_factor, betas=betas)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr_max, total_steps=iterations, div_factor=div_factor
+    )
+    return optimizer, schedule
 
 
 @contextlib.contextmanager

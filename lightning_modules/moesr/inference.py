@@ -2,8 +2,8 @@
 
 Per image (paper Sec. 3.2-3.3, Eq. 10-12):
 
-1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``grid_eval.grid_errors``: one
-   batched ``ExpertBank`` call per input transform), ``rho* = KEN(E)`` (Eq. 10-11);
+1. ``E_i = mean(ISE(U_i(LR), bicubic(LR))^2)`` for all ``N`` grid kernels (``grid_eval.grid_errors``: batched
+   ``ExpertBank`` calls), ``rho* = KEN(E)`` (Eq. 10-11);
 2. the grid kernel nearest to ``rho*`` (Eq. 12; ``expert_choice``, by default the official rule
    ``MoESRGrid.nearest``: ``rho*`` made canonical, ``lambda1 >= lambda2``, then each parameter snapped) names a stored
    expert and an input transform; a standalone copy of that expert gets the transform folded into its
@@ -19,16 +19,11 @@ the multiplicative kernel noise and the truncation of DIV2KRK kernels do not bia
 moment estimates), the fine-tuning downsampler is the ground-truth kernel itself, and at x4 the intermediate x2
 kernel is the Gaussian of the ground truth's second moments at ``lambda / 5``.
 
-Kernel conventions (DESIGN.md; helpers in ``moesr/kernels.py``): our kernels are block-centred (``13x13`` at x2,
-``33x33`` at x4), the convention of the test batches (``datamodules.test_sets`` moves DIV2KRK's pixel-centred
-``.mat`` ground truths to the block centre on reading). ``use_gt_kernel`` zero-pads the ground truth to the grid
-size; kernel accuracy (``test/kernel_sae``, ``test/kernel_l2``, through ``SRSystem.update_kernel_metrics``) compares
-it with the estimated Gaussian *evaluated* block-centred on the ground truth's grid (no interpolation of the
-estimate).
-
-Outputs: SR PNGs as every ``SRSystem`` (``test_images/`` when ``save_images``, ``predictions/``) and, beside each,
-``<name>_x<s>_kernel.mat`` and ``.png`` (``core.kernel_files.save_kernel_files``). The test table gains the estimated
-parameters, the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
+Kernels are block-centred (DESIGN.md; ``moesr/kernels.py``): ``13x13`` at x2, ``33x33`` at x4, as the test
+batches; kernel accuracy compares the estimated Gaussian *evaluated* on the ground truth's grid (no interpolation).
+Outputs: SR PNGs as every ``SRSystem`` and, beside each, ``<name>_x<s>_kernel.mat`` and ``.png``; the test table
+gains the estimated parameters, the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
+The whole per-image work runs in ``inference_path`` (``core.precision``; fine-tuning keeps float32 weights).
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +48,9 @@ from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
 from lightning_modules.moesr.finetune import NOISE_STD, finetune, progress_bar
 from lightning_modules.moesr.grid_eval import grid_errors, grid_expert
+from lightning_modules.moesr.group_finetune import finetune_group
 from lightning_modules.moesr.kernels import (
+    KernelChoice,
     fit_kernel_size,
     gaussians_like,
     ken_kernels,
@@ -65,29 +61,9 @@ from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBa
 
 MOESR_RUNTIME_HPARAMS = (
     *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",
-    "max_batch", "finetune_seed", "crop_size", "progress", "expert_choice",
+    "max_batch", "finetune_seed", "crop_size", "progress", "expert_choice", "compile_expert",
+    "finetune_group",
 )  # fmt: skip
-
-
-@dataclass
-class KernelChoice:
-    """Kernels and expert of a batch of images.
-
-    Attributes:
-        kernel: ``(B, k, k)`` block-centred fine-tuning kernels at the model's scale.
-        grid_index: ``(B,)`` long grid kernel whose expert is used (CPU).
-        params: ``(B, 3)`` ``(lambda1, lambda2, theta)`` of KEN or of the ground truth's moments (CPU float64).
-        intermediate: x4: ``(B, 13, 13)`` x2 kernels for the intermediate term, else ``None``.
-        estimated: Whether the kernels come from KEN (else from the ground truth).
-        seconds: Wall time spent choosing (estimation), for the whole batch.
-    """
-
-    kernel: Tensor
-    grid_index: Tensor
-    params: Tensor
-    intermediate: Tensor | None
-    estimated: bool
-    seconds: float
 
 
 class MoESR(SRSystem):
@@ -119,6 +95,10 @@ class MoESR(SRSystem):
             (Eq. 12 as written: the grid kernel of least L1 distance in parameters, ``MoESRGrid.nearest_l1``; it
             differs from snapping for 5 % of random ``rho*``); ``"kernel"`` (the grid kernel nearest to ``K(rho*)``
             in pixel L1, 11 %).
+        finetune_group: Fine-tune the images of a batch together when they have one size, their experts as one
+            grouped bank (``group_finetune``: the same result as one by one; pays on GPUs, not on CPUs).
+        compile_expert: ``torch.compile`` each stage of the chosen expert for fine-tuning and reconstruction (off by
+            default: on 1-2 CPU cores it compiles for ~15 s per image shape and gains under 10 %, README "Speed").
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
     """
 
@@ -138,6 +118,8 @@ class MoESR(SRSystem):
         crop_size: int = CROP_SIZE,
         progress: bool = True,
         expert_choice: ExpertChoice = "snap",
+        compile_expert: bool = False,
+        finetune_group: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -157,6 +139,8 @@ class MoESR(SRSystem):
         if expert_choice not in ("snap", "eq12", "kernel"):
             raise ValueError(f"expert_choice must be 'snap', 'eq12' or 'kernel', got {expert_choice!r}")
         self.expert_choice = expert_choice
+        self.compile_expert = compile_expert
+        self.finetune_group = finetune_group
         self.bank: ExpertBank | None = None
         self.grid: MoESRGrid | None = None
         self.ise: ISE | None = None
@@ -203,6 +187,13 @@ class MoESR(SRSystem):
     def configure_optimizers(self) -> None:
         """MoESR has no training of its own; ``fit`` is refused."""
         raise RuntimeError("MoESR has nothing to fit: its stages are trained by configs/moesr/{experts,ise,ken}.yaml")
+
+    def apply_inference_layout(self) -> None:
+        """The base class's layout, and the expert bank's grouped convolutions in the same memory format."""
+        super().apply_inference_layout()
+        if self.bank is not None:
+            cl = uses_channels_last(self.inference_path)
+            self.bank.set_memory_format(torch.channels_last if cl else torch.contiguous_format)
 
     def _require_stages(self, estimation: bool) -> None:
         if self.bank is None or (estimation and (self.ise is None or self.ken is None)):
@@ -263,7 +254,11 @@ class MoESR(SRSystem):
         self._require_stages(estimation=False)
         with torch.inference_mode(False):
             net = to_layout(grid_expert(self.bank, self.grid, grid_index), self.inference_path)
-        return net.requires_grad_(True)
+        net.requires_grad_(True)
+        if self.compile_expert:  # stage by stage: fine-tuning indexes the x2 stages of an x4 chain
+            for i, stage in enumerate(net):
+                net[i] = torch.compile(stage)
+        return net
 
     def adapt(self, lr: Tensor, choice: KernelChoice, i: int = 0, name: str = "") -> tuple[nn.Module, float]:
         """The expert of image ``i`` of ``choice``, fine-tuned on ``lr`` ``(1, 3, H, W)``; returns it and the seconds.
@@ -295,6 +290,27 @@ class MoESR(SRSystem):
             torch.cuda.synchronize(lr.device)
         return net.eval(), time.perf_counter() - start
 
+    def _groupable(self, lr: Tensor, choice: KernelChoice) -> bool:
+        """Whether ``finetune_group`` applies: asked for, 2+ images (one size, as a batch has), fine-tuning possible."""
+        h, w = lr.shape[-2:]
+        size = choice.kernel.shape[-1]
+        return (self.finetune_group and lr.shape[0] > 1 and self.finetune_iters > 0
+                and can_finetune(h, w, self.scale, size, self.crop_size, self.real))  # fmt: skip
+
+    def adapt_group(self, lr: Tensor, choice: KernelChoice) -> tuple[list[nn.Module], list[float]]:
+        """Every image's expert fine-tuned on it, all as one grouped bank; the nets and seconds per image."""
+        with torch.inference_mode(False):
+            nets = [grid_expert(self.bank, self.grid, int(g)) for g in choice.grid_index]
+        start = time.perf_counter()
+        mids = None if choice.intermediate is None else list(choice.intermediate)
+        tuned = finetune_group(nets, list(lr.split(1)), list(choice.kernel), self.scale, self.finetune_iters,
+                               self.finetune_lr, mids, real=self.real, noise_std=self.noise_std,
+                               seed=self.finetune_seed, crop_size=self.crop_size)  # fmt: skip
+        if lr.device.type == "cuda":
+            torch.cuda.synchronize(lr.device)
+        seconds = (time.perf_counter() - start) / lr.shape[0]
+        return [to_layout(net, self.inference_path) for net in tuned], [seconds] * lr.shape[0]
+
     # --------------------------------------------------------------------------------------------- pipeline
     def super_resolve(self, lr: Tensor) -> Tensor:
         """Super-resolve ``(B, 3, H, W) -> (B, 3, sH, sW)``.
@@ -321,12 +337,13 @@ class MoESR(SRSystem):
         lr = batch["lr"]
         names = batch.get("name") or [str(i) for i in range(lr.shape[0])]
         nets, seconds = [], []
-        fmt = torch.channels_last if uses_channels_last(self.inference_path) else torch.contiguous_format
-        self.bank.set_memory_format(fmt)
+        self.apply_inference_layout()
         with self.inference_scope(lr.device):
             lr = as_layout(lr, self.inference_path)
             choice = self.choose(lr, gt_kernel)
-            for i in range(lr.shape[0]):
+            if self._groupable(lr, choice):
+                nets, seconds = self.adapt_group(lr, choice)
+            for i in range(len(nets), lr.shape[0]):
                 net, sec = self.adapt(lr[i : i + 1], choice, i, names[i])
                 nets.append(net)
                 seconds.append(sec)

@@ -15,6 +15,7 @@ DIV2KRK convention, grid size; ``KernelBlockCentred``: the kernel used for fine-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -69,3 +70,24 @@ def fit_kernel_size(kernels: Tensor, size: int) -> Tensor:
         d = k - size
         kernels = kernels[..., d // 2 : d // 2 + size, d // 2 : d // 2 + size]
     return kernels / kernels.sum(dim=(-2, -1), keepdim=True)
+
+
+@dataclass
+class KernelChoice:
+    """Kernels and expert of a batch of images.
+
+    Attributes:
+        kernel: ``(B, k, k)`` block-centred fine-tuning kernels at the model's scale.
+        grid_index: ``(B,)`` long grid kernel whose expert is used (CPU).
+        params: ``(B, 3)`` ``(lambda1, lambda2, theta)`` of KEN or of the ground truth's moments (CPU float64).
+        intermediate: x4: ``(B, 13, 13)`` x2 kernels for the intermediate term, else ``None``.
+        estimated: Whether the kernels come from KEN (else from the ground truth).
+        seconds: Wall time spent choosing (estimation), for the whole batch.
+    """
+
+    kernel: Tensor
+    grid_index: Tensor
+    params: Tensor
+    intermediate: Tensor | None
+    estimated: bool
+    seconds: float

@@ -10,6 +10,7 @@ from datamodules.degradation.kernels import gaussian_kernels, shift_kernel
 from lightning_modules.metrics import psnr_y
 from lightning_modules.moesr.crops import can_finetune, crop_probability, gradient_map
 from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, downscale_valid, finetune, flat_region_mask
+from lightning_modules.moesr.group_finetune import finetune_group
 from lightning_modules.nets.vdsr import ChainedVDSR
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is much faster
@@ -188,3 +189,25 @@ def test_x4_finetune_with_the_true_kernel_and_intermediate_term_improves_a_pretr
     moved = score(finetune(copy.deepcopy(net), test_lr, shifted, 4, iterations=40, lr_max=1e-3, intermediate_kernel=k2))
     assert tuned > pretrained + 0.03, (pretrained, tuned)
     assert moved < tuned - 0.3, (tuned, moved)
+
+
+@pytest.mark.parametrize(("scale", "real"), [(2, False), (4, True)])
+def test_grouped_finetuning_equals_one_image_at_a_time(scale, real):
+    torch.manual_seed(0)
+    size = {2: 13, 4: 33}[scale]
+    nets = [ChainedVDSR(scale, 3, 4) for _ in range(3)]
+    lrs = [torch.rand(1, 3, 72, 80) for _ in range(3)]
+    kernels = [torch.softmax(torch.randn(size * size), 0).reshape(size, size) for _ in range(3)]
+    mids = [torch.softmax(torch.randn(169), 0).reshape(13, 13) for _ in range(3)] if scale == 4 else None
+    options = {"crop_size": 40, "real": real, "seed": 5}
+    grouped = finetune_group(nets, lrs, kernels, scale, iterations=4, lr_max=1e-3, intermediate_kernels=mids, **options)
+    for i, net in enumerate(nets):
+        alone = finetune(copy.deepcopy(net), lrs[i], kernels[i], scale, iterations=4, lr_max=1e-3,
+                         intermediate_kernel=None if mids is None else mids[i], **options)  # fmt: skip
+        pairs = zip(alone.state_dict().values(), net.state_dict().values(), strict=True)
+        moved = max((a - b).abs().max() for a, b in pairs)
+        assert moved > 1e-4  # fine-tuning changed the weights, so the comparison below means something
+        for (key, a), b in zip(alone.state_dict().items(), grouped[i].state_dict().values(), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=key)
+    with pytest.raises(ValueError, match="one size"):
+        finetune_group(nets[:2], [lrs[0], torch.rand(1, 3, 72, 84)], kernels[:2], scale, iterations=1)

@@ -130,6 +130,36 @@ def test_pipeline_without_finetuning_is_the_chosen_expert_and_x4_runs():
     assert sr4.shape == (1, 3, 160, 144) and torch.isfinite(sr4).all()
 
 
+def test_compiled_expert_fine_tunes_and_reconstructs_like_the_eager_one():
+    torch.manual_seed(3)
+    lr = torch.rand(1, 3, 40, 36)
+    out = {}
+    for compiled in (False, True):
+        m = model(4, finetune_iters=2, compile_expert=compiled, crop_size=24)
+        with torch.inference_mode():
+            out[compiled] = m.super_resolve(lr)
+    assert out[True].shape == (1, 3, 160, 144)
+    torch.testing.assert_close(out[True], out[False], atol=1e-4, rtol=0)
+    stages = list(model(4, compile_expert=True).expert_for(0))
+    assert len(stages) == 2 and all(isinstance(s, torch._dynamo.eval_frame.OptimizedModule) for s in stages)
+
+
+def test_grouped_finetuning_option_gives_the_one_by_one_result():
+    torch.manual_seed(4)
+    lr = torch.rand(2, 3, 48, 40)
+    out = {}
+    for grouped in (False, True):
+        m = model(finetune_iters=3, finetune_lr=1e-3, crop_size=32, finetune_group=grouped)
+        with torch.inference_mode(), m._prepare({"lr": lr}, None) as (choice, seconds):
+            out[grouped] = m.super_resolve(lr)
+        assert len(seconds) == 2
+    plain = model(finetune_iters=0)
+    with torch.inference_mode():
+        untuned = plain.super_resolve(lr)
+    assert (out[False] - untuned).abs().max() > 1e-4  # fine-tuning moved the output
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=0)
+
+
 def test_expert_choice_option(monkeypatch, tmp_path):
     """Issue 11 item 4: the official snapping by default; Eq. 12 as written and the pixel-nearest kernel as options."""
     rho = torch.tensor([[1.4278, 1.5698, 0.5297], [1.5533, 3.3806, 1.5768]])  # the three rules disagree on both
