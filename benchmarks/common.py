@@ -15,9 +15,7 @@ from lightning_modules.core.precision import (
     as_layout,
     inference_context,
     to_layout,
-    uses_channels_last,
 )
-from lightning_modules.nets.moesr import ExpertBank
 
 PEAK_CHANNELS = 64
 PEAK_PATHS = (*INFERENCE_PATHS, "bf16_nchw")  # bf16_nchw: for information (NCHW weights and input under autocast)
@@ -61,8 +59,6 @@ def rand_on(*shape: int, device: torch.device, seed: int = 0) -> Tensor:
 def make_call(net: nn.Module, inputs: tuple, layout: str, precision: str, device: torch.device) -> Callable[[], object]:
     """A call of a copy of ``net``, weights and 4-D inputs in ``layout``'s format, under ``precision``'s autocast."""
     net = to_layout(copy.deepcopy(net), layout)
-    if isinstance(net, ExpertBank):  # 5-D stacked weights: the bank sets its grouped convolutions' layout itself
-        net.set_memory_format(torch.channels_last if uses_channels_last(layout) else torch.contiguous_format)
     args = tuple(as_layout(a, layout) if isinstance(a, Tensor) else a for a in inputs)
 
     def call() -> object:

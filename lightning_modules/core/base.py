@@ -154,9 +154,7 @@ class SRSystem(L.LightningModule, ABC):
                 for row, value in zip(rows, self.test_lpips.last_values.tolist(), strict=True):
                     row["lpips"] = value
         if "kernel" in batch and hasattr(self, "estimate_kernel"):
-            with self.inference_scope(batch["lr"].device):
-                est = self.estimate_kernel(as_layout(batch["lr"], self.inference_path)).float()
-            self.update_kernel_metrics(est, batch["kernel"], rows)
+            self.update_kernel_metrics(self.estimate_in_path(batch["lr"]), batch["kernel"], rows)
         self._rows.extend(rows)
         if self.save_images:
             for name, img in zip(names, sr, strict=True):
@@ -175,12 +173,23 @@ class SRSystem(L.LightningModule, ABC):
         self.apply_inference_layout()
 
     def apply_inference_layout(self) -> None:
-        """Put the weights in ``inference_path``'s memory format (systems with 5-D weights extend it)."""
+        """Weights in ``inference_path``'s memory format (``core.precision.to_layout``), nested systems in its path.
+
+        Nested systems: the two-step system's MoESR parts, which fine-tune and reconstruct with their own path.
+        """
+        for module in self.modules():
+            if isinstance(module, SRSystem):
+                module.inference_path = self.inference_path
         to_layout(self, self.inference_path)
 
     def inference_scope(self, device: torch.device | str):
         """The autocast context of ``inference_path`` on ``device`` (``core.precision.inference_context``)."""
         return inference_context(self.inference_path, device)
+
+    def estimate_in_path(self, lr: Tensor) -> Tensor:
+        """``estimate_kernel(lr)`` at test/predict time: in ``inference_path``, float32 kernels out."""
+        with self.inference_scope(lr.device):
+            return self.estimate_kernel(as_layout(lr, self.inference_path)).float()
 
     def on_test_epoch_end(self) -> None:
         """Gather the per-image rows of all ranks; write CSV, log a W&B table and print the mean on rank zero."""

@@ -6,8 +6,9 @@
   ``benchmarks/throughput.py``).
 * ``"bf16"``: channels-last under ``torch.autocast(dtype=torch.bfloat16)``: convolutions and matrix products in
   bfloat16 with float32 accumulation (oneDNN uses AMX on CPUs that have it, tensor cores on GPUs); weights stay
-  float32 (so fine-tuning under this path keeps float32 master weights); element-wise work, bicubic skips and
-  losses stay in float32 where their inputs are. Outputs are returned as float32.
+  float32 (so fine-tuning under this path keeps float32 master weights); fixed operators that must stay exact
+  switch autocast off (``full_precision``: MATLAB bicubic and colour conversion, MoESR's KEN and fine-tuning
+  downsampler, KOALAnet's filter normalisation, USRNet's FFT data step). Outputs are returned as float32.
 
 ``inference_context(path, device)`` opens the path around a forward (and MoESR's fine-tuning);
 ``to_layout(module, path)`` / ``as_layout(x, path)`` put weights and inputs in its layout. The accuracy cost of
@@ -43,14 +44,19 @@ def uses_channels_last(path: str) -> bool:
 def to_layout(module: nn.Module, path: str) -> nn.Module:
     """``module`` (in place) with its 4-D parameters and buffers in ``path``'s memory format; returns it.
 
-    Other ranks are left alone (``nn.Module.to(memory_format=...)`` refuses the 5-D stacked weights of MoESR's
-    expert bank, which are sliced into grouped-convolution weights at run time).
+    Other ranks are left alone (``nn.Module.to(memory_format=...)`` refuses them); submodules that slice 5-D stacked
+    weights into convolution weights at run time (MoESR's ``ExpertBank``) are told the format through their
+    ``set_memory_format``. Safe inside ``torch.inference_mode`` (Lightning's test hooks): the new tensors are
+    ordinary ones, so the module can still be trained afterwards.
     """
     fmt = torch.channels_last if uses_channels_last(path) else torch.contiguous_format
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             if tensor.dim() == 4:
-                tensor.data = tensor.data.contiguous(memory_format=fmt)
+                tensor.data = tensor.data.clone(memory_format=fmt)
+        for sub in module.modules():
+            if hasattr(sub, "set_memory_format"):
+                sub.set_memory_format(fmt)
     return module
 
 
@@ -66,11 +72,38 @@ def as_layout(x: Tensor, path: str) -> Tensor:
 def inference_context(path: str, device: torch.device | str) -> Iterator[None]:
     """Autocast to bfloat16 on ``device``'s type for ``"bf16"``; nothing for the float32 paths.
 
-    Safe to nest and to enter inside a training step: autocast leaves parameters in float32 and the backward pass of
-    autocast ops casts gradients back to the parameters' dtype.
+    Parameters stay float32 and gradients flow back to them; an optimiser loop *inside* this context must run each
+    step under ``fresh_casts`` (autocast caches weight casts until the outermost context exits).
     """
     device_type = torch.device(device).type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_path(path) == "bf16"):
+        yield
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """``(enabled, dtype)`` of the autocast on ``device_type`` (torch >= 2.4 API, with the 2.3 fallbacks)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        return enabled, torch.get_autocast_dtype(device_type) if enabled else None
+    except TypeError:  # torch 2.3: per-device functions
+        if device_type == "cpu":
+            enabled = torch.is_autocast_cpu_enabled()
+            return enabled, torch.get_autocast_cpu_dtype() if enabled else None
+        enabled = torch.is_autocast_enabled()
+        return enabled, torch.get_autocast_gpu_dtype() if enabled else None
+
+
+@contextlib.contextmanager
+def fresh_casts(device: torch.device | str) -> Iterator[None]:
+    """Keep the enclosing autocast (if any) but cache no weight casts: for each step of a training loop inside it.
+
+    Autocast caches the bfloat16 copy of every float32 parameter it casts until the *outermost* autocast context
+    exits; an optimiser loop inside one context would keep running the first step's weights while the float32
+    master weights move. Fine-tuning under the ``bf16`` path therefore runs each iteration inside this context.
+    """
+    device_type = torch.device(device).type
+    enabled, dtype = _autocast_state(device_type)
+    with torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False):
         yield
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.kernel_files import save_estimates
+from lightning_modules.core.precision import as_layout
 from lightning_modules.core.stages import FrozenParts, freeze
 from lightning_modules.core.two_step import KernelEstimator, KernelRestorer, TileFn, convert_kernel
 
@@ -84,9 +85,11 @@ class TwoStepSR(FrozenParts, SRSystem):
         """Estimate and prepare the restorer for ``batch``; while open, ``super_resolve`` uses it. Yields kernels."""
         lr = batch["lr"]
         names = list(batch.get("name") or [str(i) for i in range(lr.shape[0])])
-        kernel = self.estimate_kernel(lr, batch)
-        restorer_kernel = convert_kernel(kernel, "block", self.restorer.convention, self.scale)
-        self._tile_fn = self.restorer.prepare(lr, restorer_kernel, self.scale, names)
+        with self.inference_scope(lr.device):  # estimation and the restorer's preparation (e.g. fine-tuning)
+            lr = as_layout(lr, self.inference_path)
+            kernel = self.estimate_kernel(lr, batch).float()
+            restorer_kernel = convert_kernel(kernel, "block", self.restorer.convention, self.scale)
+            self._tile_fn = self.restorer.prepare(lr, restorer_kernel, self.scale, names)
         try:
             yield kernel
         finally:

@@ -113,14 +113,14 @@ class KENetSystem(SRSystem):
         """Kernel accuracy on a benchmark set with ground-truth kernels (whole LR images), one table row each."""
         if "kernel" not in batch:
             raise ValueError("KENet's test needs a set with ground-truth kernels (DIV2KRK layout: gt_k_x{s}/)")
-        est = self.estimate_kernel(batch["lr"])
+        est = self.estimate_in_path(batch["lr"])
         rows = [{"name": n} for n in batch.get("name", [f"{batch_idx}_{i}" for i in range(est.shape[0])])]
         self.update_kernel_metrics(est, batch["kernel"], rows)
         self._rows.extend(rows)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """Write ``<name>_x<s>_kernel.mat`` / ``.png`` for each LR image; returns the ``.mat`` paths."""
-        est = self.estimate_kernel(batch["lr"])
+        est = self.estimate_in_path(batch["lr"])
         return [str(p) for p in save_estimates(self._out_dir() / "predictions", list(batch["name"]), est, self.scale)]
 
     def on_predict_end(self) -> None:

@@ -80,7 +80,7 @@ class KOALADownsamplingSystem(SRSystem):
         if "kernel" not in batch:
             raise ValueError("stage 1's test needs a set with ground-truth kernels (python -m datamodules.generate "
                              "--protocol koalanet ...)")  # fmt: skip
-        est = self.estimate_kernel(batch["lr"])
+        est = self.estimate_in_path(batch["lr"])
         rows = [{"name": n} for n in batch.get("name", [f"{batch_idx}_{i}" for i in range(est.shape[0])])]
         self.update_kernel_metrics(est, batch["kernel"], rows)
         gt = batch["kernel"].to(est)

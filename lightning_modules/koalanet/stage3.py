@@ -13,6 +13,8 @@ Inference runs on whole images by default (``tile_size 0``): the U-Net's recepti
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -65,7 +67,7 @@ class KOALAnetSystem(SRSystem):
         sr_weight: float = 1.0,
         recon_weight: float = 1.0,
         kernel_weight: float = 1.0,
-        koala_init: str = "official",
+        koala_init: Literal["official", "identity"] = "official",
         **kwargs,
     ) -> None:
         kwargs.setdefault("scale", 4)

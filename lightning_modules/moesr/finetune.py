@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from datamodules.degradation.ops import quantize, resize
-from lightning_modules.core.precision import full_precision
+from lightning_modules.core.precision import fresh_casts, full_precision
 from lightning_modules.moesr.crops import (
     CROP_SIZE,
     ROTATE_PROB,
@@ -278,10 +278,11 @@ def finetune(
     if iterations <= 0:
         return net.eval()
     with torch.inference_mode(False), torch.enable_grad():
-        objective = FinetuneObjective(
-            lr.clone(), kernel.clone(), scale, iterations, intermediate_kernel=None if intermediate_kernel is None
-            else intermediate_kernel.clone(), crop_size=crop_size, real=real, noise_std=noise_std, seed=seed,
-        )  # fmt: skip
+        with full_precision(lr.device):  # the fixed targets and mask, not the network, stay out of the autocast
+            objective = FinetuneObjective(
+                lr.clone(), kernel.clone(), scale, iterations, intermediate_kernel=None if intermediate_kernel is None
+                else intermediate_kernel.clone(), crop_size=crop_size, real=real, noise_std=noise_std, seed=seed,
+            )  # fmt: skip
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer, schedule = finetune_optimizer(params, iterations, lr_max, div_factor, betas)
         net.train()
@@ -289,7 +290,8 @@ def finetune(
         block_start = 0
         for step in range(iterations):
             optimizer.zero_grad(set_to_none=True)
-            terms = objective.losses(net, step)
+            with fresh_casts(objective.image.device):  # under the bf16 path: this step's weights, not cached ones
+                terms = objective.losses(net, step)
             terms["total"].backward()
             optimizer.step()
             schedule.step()

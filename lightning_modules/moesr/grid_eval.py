@@ -2,9 +2,11 @@
 
 * :func:`grid_outputs` runs grid kernels' experts on LR images through the four input transforms: **one**
   ``ExpertBank`` call per shape class of transforms (identity and flip keep the image's shape, the two transposing
-  ones swap it: two calls for the 85 kernels, all their experts at once as a grouped convolution, never a loop over
-  experts; ``max_batch`` only splits a call into memory-sized chunks). Each transformed image is made and bicubic-
-  upsampled once per call (``ExpertBank(..., slot_source=...)``), not once per kernel.
+  ones swap it), split into ``max_batch`` chunks for memory (``None``: two calls for the 85 kernels). Each
+  transformed image is made once and bicubic-upsampled once per call (``ExpertBank(..., slot_source=...)``), not
+  once per kernel. On GPUs a call runs all its experts as one grouped convolution; on CPUs each distinct expert of
+  the call runs its slots as one batch of plain convolutions (``per_expert``), because oneDNN's grouped
+  convolutions reached only 0.46-0.61 of a per-kernel loop's speed (``python -m benchmarks.moesr``).
 * :func:`grid_errors` adds ISE: ``E_i = mean over ISE's output pixels of ISE(U_i(LR), up(LR))^2`` (Eq. 8 / 10,
   official "mean of the squared ISE output"), for all ``N`` grid kernels in the official order -> ``(B, N)``.
 * :func:`grid_expert`: one grid kernel's expert as a standalone network, its input transform folded into the weights.
@@ -45,7 +47,10 @@ def _chunks(n: int, size: int | None) -> Iterator[slice]:
 SHAPE_CLASSES = ((0, 3), (1, 2))
 
 
-def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor | None, max_batch: int | None):
+def _run_groups(
+    bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor | None, max_batch: int | None,
+    per_expert: bool | None = None,
+):  # fmt: skip
     """Yield ``(batch rows or None, slot positions, SR (n_b, n_s, 3, sH, sW))`` for each chunk of each group."""
     bsz = lr.shape[0]
     if indices is None:
@@ -53,6 +58,8 @@ def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor |
     indices = indices.detach().cpu().long()
     if indices.dim() == 1:  # the same kernels for every image: (B, n, ...) with experts (n,)
         per_call = None if not max_batch else max(1, max_batch // bsz)
+        if per_expert is None:  # plain convolutions per expert beat grouped ones on CPUs
+            per_expert = lr.device.type == "cpu"
         for pair in SHAPE_CLASSES:  # transforms whose images have one shape share calls
             transforms = grid.transform[indices]
             pos = torch.isin(transforms, torch.tensor(pair)).nonzero().flatten()
@@ -63,7 +70,7 @@ def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor |
                 p = pos[part]
                 slot_t = transforms[p]
                 slot_source = (slot_t == pair[1]).long()
-                sr = bank(sources, grid.expert_index[indices[p]], slot_source=slot_source)
+                sr = bank(sources, grid.expert_index[indices[p]], slot_source=slot_source, per_expert=per_expert)
                 out = torch.empty_like(sr) if pair[0] == 0 else sr.new_empty(*sr.shape[:3], *sr.shape[-2:][::-1])
                 for j, t in enumerate(pair):
                     sel = (slot_source == j).nonzero().flatten().to(sr.device)
@@ -87,7 +94,12 @@ def _run_groups(bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor |
 
 
 def grid_outputs(
-    bank: ExpertBank, grid: MoESRGrid, lr: Tensor, indices: Tensor | None = None, max_batch: int | None = None
+    bank: ExpertBank,
+    grid: MoESRGrid,
+    lr: Tensor,
+    indices: Tensor | None = None,
+    max_batch: int | None = None,
+    per_expert: bool | None = None,
 ) -> Tensor:
     """SR images of grid kernels' experts (each through its input transform and back).
 
@@ -98,6 +110,8 @@ def grid_outputs(
         indices: Grid kernels to run: ``None`` (all ``N``), ``(K,)`` (the same for every image) or ``(B, K)`` (per
             image, e.g. a random subset per training image).
         max_batch: Most (image, kernel) pairs per ``ExpertBank`` call (``None``: one call per shape class).
+        per_expert: With 1-D ``indices`` (or ``None``): run each expert's slots with plain convolutions
+            (``ExpertBank(per_expert=True)``) rather than one grouped convolution; ``None``: on CPUs only.
 
     Returns:
         ``(B, K, 3, s*h, s*w)``; slot ``k`` is grid kernel ``indices[k]`` (or ``indices[b, k]``).
@@ -106,7 +120,7 @@ def grid_outputs(
     bsz = lr.shape[0]
     k = grid.num_kernels if indices is None else indices.shape[-1]
     out = lr.new_empty(bsz, k, 3, lr.shape[-2] * bank.scale, lr.shape[-1] * bank.scale)
-    for rows, slots, sr in _run_groups(bank, grid, lr, indices, max_batch):
+    for rows, slots, sr in _run_groups(bank, grid, lr, indices, max_batch, per_expert):
         if rows is None:
             out[:, slots.to(lr.device)] = sr
         else:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.degradation.ops import quantize
-from lightning_modules.core.precision import full_precision
+from lightning_modules.core.precision import fresh_casts, full_precision
 from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, finetune_optimizer
 from lightning_modules.nets.moesr import ExpertBank
 from lightning_modules.nets.vdsr import ChainedVDSR
@@ -105,15 +105,18 @@ def finetune_group(
             bank.load_expert(i, net)
         if iterations > 0:
             mids = intermediate_kernels or [None] * len(nets)
-            objectives = [
-                FinetuneObjective(x.clone(), k.clone(), scale, iterations, None if m is None else m.clone(),
-                                  **objective_kwargs)
-                for x, k, m in zip(lrs, kernels, mids, strict=True)
-            ]  # fmt: skip
+            with full_precision(lrs[0].device):  # fixed targets and masks (see finetune.finetune)
+                objectives = [
+                    FinetuneObjective(x.clone(), k.clone(), scale, iterations, None if m is None else m.clone(),
+                                      **objective_kwargs)
+                    for x, k, m in zip(lrs, kernels, mids, strict=True)
+                ]  # fmt: skip
             optimizer, schedule = finetune_optimizer(list(bank.parameters()), iterations, lr_max)
             for step in range(iterations):
                 optimizer.zero_grad(set_to_none=True)
-                group_losses(bank, objectives, step)["total"].backward()
+                with fresh_casts(lrs[0].device):  # see finetune.finetune
+                    total = group_losses(bank, objectives, step)["total"]
+                total.backward()
                 optimizer.step()
                 schedule.step()
         return [bank.expert(i).eval() for i in range(len(nets))]

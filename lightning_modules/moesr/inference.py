@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.kernel_files import save_kernel_files
-from lightning_modules.core.precision import as_layout, full_precision, to_layout, uses_channels_last
+from lightning_modules.core.precision import as_layout, to_layout
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
@@ -95,8 +95,10 @@ class MoESR(SRSystem):
             (Eq. 12 as written: the grid kernel of least L1 distance in parameters, ``MoESRGrid.nearest_l1``; it
             differs from snapping for 5 % of random ``rho*``); ``"kernel"`` (the grid kernel nearest to ``K(rho*)``
             in pixel L1, 11 %).
-        finetune_group: Fine-tune the images of a batch together when they have one size, their experts as one
-            grouped bank (``group_finetune``: the same result as one by one; pays on GPUs, not on CPUs).
+        finetune_group: Fine-tune the images of a batch together, their experts as one grouped bank
+            (``group_finetune``: the same result as one by one; for GPUs, not CPUs). It needs batches of several
+            equal-size images: the Python API (``MoESR._prepare`` / ``test_step`` on such a batch); the CLI's
+            ``test``/``predict`` load one image per batch, where it has no effect.
         compile_expert: ``torch.compile`` each stage of the chosen expert for fine-tuning and reconstruction (off by
             default: on 1-2 CPU cores it compiles for ~15 s per image shape and gains under 10 %, README "Speed").
         **kwargs: ``SRSystem`` arguments (scale, metric_protocol, tiling, output).
@@ -188,13 +190,6 @@ class MoESR(SRSystem):
         """MoESR has no training of its own; ``fit`` is refused."""
         raise RuntimeError("MoESR has nothing to fit: its stages are trained by configs/moesr/{experts,ise,ken}.yaml")
 
-    def apply_inference_layout(self) -> None:
-        """The base class's layout, and the expert bank's grouped convolutions in the same memory format."""
-        super().apply_inference_layout()
-        if self.bank is not None:
-            cl = uses_channels_last(self.inference_path)
-            self.bank.set_memory_format(torch.channels_last if cl else torch.contiguous_format)
-
     def _require_stages(self, estimation: bool) -> None:
         if self.bank is None or (estimation and (self.ise is None or self.ken is None)):
             raise RuntimeError("MoESR's stages are not loaded: call load_stages() (Lightning does it at setup)")
@@ -215,8 +210,7 @@ class MoESR(SRSystem):
         """KEN's kernel parameters ``(B, 3)`` ``(lambda1, lambda2, theta)`` of ``lr`` ``(B, 3, H, W)`` (Eq. 10-11)."""
         self._require_stages(estimation=True)
         errors = grid_errors(self.bank, self.ise, self.grid, self._estimation_input(lr), max_batch=self.max_batch)
-        with full_precision(lr.device):  # a tiny MLP: float32 keeps the kernel parameters exact
-            return self.ken(errors.float())
+        return self.ken(errors)  # float32 inside, under any autocast
 
     def estimate_kernel(self, lr: Tensor) -> Tensor:
         """``(B, k, k)`` block-centred kernels ``K(KEN(E))`` of ``lr`` ``(B, 3, H, W)`` (13x13 at x2, 33x33 at x4)."""
@@ -337,7 +331,6 @@ class MoESR(SRSystem):
         lr = batch["lr"]
         names = batch.get("name") or [str(i) for i in range(lr.shape[0])]
         nets, seconds = [], []
-        self.apply_inference_layout()
         with self.inference_scope(lr.device):
             lr = as_layout(lr, self.inference_path)
             choice = self.choose(lr, gt_kernel)

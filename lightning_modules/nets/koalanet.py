@@ -47,6 +47,7 @@ is a res-block, ``2 (9c^2 + c)``):
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +308,7 @@ class KOALAUpsamplingNet(_UpsamplingNet):
         feat: int = 64,
         kernel_channels: int = 400,
         in_ch: int = 3,
-        koala_init: str = "official",
+        koala_init: Literal["official", "identity"] = "official",
     ) -> None:
         super().__init__(scale, num_blocks, feat, in_ch)
         if not 0 <= num_koala <= num_blocks or kernel_channels < 1:

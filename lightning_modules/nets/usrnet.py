@@ -176,14 +176,18 @@ class USRNet(nn.Module):
         if lr.dim() != 4:
             raise ValueError(f"lr must be (B, C, h, w), got shape {tuple(lr.shape)}")
         bsz = lr.shape[0]
-        terms = data_terms(lr, kernel, scale)
-        x = F.interpolate(lr, scale_factor=scale, mode="nearest")
-        sigma = torch.as_tensor(sigma, dtype=lr.dtype, device=lr.device).reshape(-1).expand(bsz)
-        hyper_in = torch.stack([sigma, torch.full_like(sigma, float(scale))], dim=1)[..., None, None]
-        weights = self.hyper(hyper_in)
+        exact = torch.autocast(lr.device.type, enabled=False)  # FFT data steps and hyper-parameters in float32
+        with exact:
+            lr, kernel = _wide(lr), _wide(kernel)
+            terms = data_terms(lr, kernel, scale)
+            x = F.interpolate(lr, scale_factor=scale, mode="nearest")
+            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=lr.device).reshape(-1).expand(bsz)
+            hyper_in = torch.stack([sigma, torch.full_like(sigma, float(scale))], dim=1)[..., None, None]
+            weights = self.hyper(hyper_in)
         alphas, betas = weights[:, : self.n_iter], weights[:, self.n_iter :]
         for i in range(self.n_iter):
-            x = data_step(x, terms, alphas[:, i : i + 1], scale)
+            with exact:
+                x = data_step(_wide(x), terms, alphas[:, i : i + 1], scale)
             beta_map = betas[:, i : i + 1].expand(-1, -1, *x.shape[-2:])
             x = self.prior(torch.cat([x, beta_map], dim=1))
         return x
@@ -309,3 +313,8 @@ def load_usrnet_tiny(path: str | Path = DEFAULT_TINY_WEIGHTS) -> USRNet:
     except ValueError as err:
         raise ValueError(f"{path} does not hold USRNet-tiny weights: {err}; {origin}") from err
     return model.eval()
+
+
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (a bfloat16 prior output, under the bf16 inference path)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

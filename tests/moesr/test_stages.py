@@ -62,17 +62,20 @@ def test_grid_outputs_and_errors_match_a_loop_with_one_bank_call_per_shape_class
     calls = []
     forward = ExpertBank.forward
 
-    def counting(self, x, experts=None, slot_source=None):
+    def counting(self, x, experts=None, slot_source=None, per_expert=False):
         calls.append(len(experts) if slot_source is not None else x.shape[1])
         assert slot_source is None or x.shape[1] == 2  # two transformed copies of the image, not one per kernel
-        return forward(self, x, experts, slot_source)
+        return forward(self, x, experts, slot_source, per_expert)
 
     monkeypatch.setattr(ExpertBank, "forward", counting)
     with torch.no_grad():
         out = grid_outputs(bank, grid, lr)
         assert len(calls) == 2 and sum(calls) == grid.num_kernels  # one call per shape class, all kernels
+        calls.clear()
         ref = _reference_outputs(bank, grid, lr)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        for per_expert in (True, False):  # plain convolutions per expert (the CPU default) and grouped ones
+            torch.testing.assert_close(grid_outputs(bank, grid, lr, per_expert=per_expert), ref, atol=1e-5, rtol=1e-5)
         calls.clear()
         errors = grid_errors(bank, ise, grid, lr)
         assert len(calls) == 2 and errors.shape == (2, 27)

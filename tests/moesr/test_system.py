@@ -130,6 +130,7 @@ def test_pipeline_without_finetuning_is_the_chosen_expert_and_x4_runs():
     assert sr4.shape == (1, 3, 160, 144) and torch.isfinite(sr4).all()
 
 
+@pytest.mark.slow  # inductor: ~15 s of compilation and a C++ compiler
 def test_compiled_expert_fine_tunes_and_reconstructs_like_the_eager_one():
     torch.manual_seed(3)
     lr = torch.rand(1, 3, 40, 36)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from datamodules.degradation.ops._checks import exact
+
 # MATLAB rgb2ycbcr for RGB in [0, 1]: rows Y, Cb, Cr; results on the 0..255 scale.
 YCBCR_MATRIX = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
 YCBCR_OFFSET = (16.0, 128.0, 128.0)
@@ -33,7 +35,9 @@ def rgb_to_ycbcr(x: Tensor) -> Tensor:
     _check_rgb(x)
     m = torch.tensor(YCBCR_MATRIX, dtype=torch.float64) / 255
     offset = torch.tensor(YCBCR_OFFSET, dtype=torch.float64) / 255
-    return torch.einsum("ij,bjhw->bihw", m.to(x), x) + offset.to(x).view(1, 3, 1, 1)
+    context, x = exact(x)  # float32 under a bfloat16 autocast too
+    with context:
+        return torch.einsum("ij,bjhw->bihw", m.to(x), x) + offset.to(x).view(1, 3, 1, 1)
 
 
 def ycbcr_to_rgb(x: Tensor) -> Tensor:
@@ -41,4 +45,6 @@ def ycbcr_to_rgb(x: Tensor) -> Tensor:
     _check_rgb(x)
     inv = torch.linalg.inv(torch.tensor(YCBCR_MATRIX, dtype=torch.float64) / 255)
     offset = torch.tensor(YCBCR_OFFSET, dtype=torch.float64) / 255
-    return torch.einsum("ij,bjhw->bihw", inv.to(x), x - offset.to(x).view(1, 3, 1, 1))
+    context, x = exact(x)
+    with context:
+        return torch.einsum("ij,bjhw->bihw", inv.to(x), x - offset.to(x).view(1, 3, 1, 1))

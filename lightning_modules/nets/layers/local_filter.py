@@ -67,13 +67,15 @@ def kernel_normalize(kernels: Tensor, k_size: int) -> Tensor:
         k_size: Filter side ``k``.
 
     Returns:
-        The normalised filters, same shape.
+        The normalised filters, same shape, in at least float32 (bfloat16 taps would not sum to 1).
 
     Raises:
         ValueError: If dimension 1 is not ``k*k`` long.
     """
     if kernels.ndim < 2 or kernels.shape[1] != k_size * k_size:
         raise ValueError(f"kernels must be (B, {k_size * k_size}, ...), got shape {tuple(kernels.shape)}")
+    if kernels.dtype not in (torch.float32, torch.float64):
+        kernels = kernels.float()
     return kernels - kernels.mean(dim=1, keepdim=True) + 1.0 / (k_size * k_size)
 
 
