@@ -6,7 +6,7 @@
   transformed image is made once and bicubic-upsampled once per call (``ExpertBank(..., slot_source=...)``), not
   once per kernel. On GPUs a call runs all its experts as one grouped convolution; on CPUs each distinct expert of
   the call runs its slots as one batch of plain convolutions (``per_expert``), because oneDNN's grouped
-  convolutions reached only 0.46-0.61 of a per-kernel loop's speed (``python -m benchmarks.moesr``).
+  convolutions reached only 0.45-0.66 of a per-kernel loop's speed (``python -m benchmarks.moesr``).
 * :func:`grid_errors` adds ISE: ``E_i = mean over ISE's output pixels of ISE(U_i(LR), up(LR))^2`` (Eq. 8 / 10,
   official "mean of the squared ISE output"), for all ``N`` grid kernels in the official order -> ``(B, N)``.
 * :func:`grid_expert`: one grid kernel's expert as a standalone network, its input transform folded into the weights.
