@@ -2,13 +2,14 @@
 
 * ``"fp32"``: PyTorch's default NCHW layout in float32 (the reference).
 * ``"channels_last"``: float32, weights and inputs in NHWC (``torch.channels_last``): oneDNN's convolutions avoid
-  the layout reorders of NCHW (about 2x on a 3x3 64->64 convolution on a Sapphire Rapids core,
+  the layout reorders of NCHW (1.2x on a 3x3 64->64 convolution on 2 Sapphire Rapids threads,
   ``benchmarks/throughput.py``).
 * ``"bf16"``: channels-last under ``torch.autocast(dtype=torch.bfloat16)``: convolutions and matrix products in
   bfloat16 with float32 accumulation (oneDNN uses AMX on CPUs that have it, tensor cores on GPUs); weights stay
   float32 (so fine-tuning under this path keeps float32 master weights); fixed operators that must stay exact
-  switch autocast off (``full_precision``: MATLAB bicubic and colour conversion, MoESR's KEN and fine-tuning
-  downsampler, KOALAnet's filter normalisation, USRNet's FFT data step). Outputs are returned as float32.
+  switch autocast off where they are computed (MATLAB bicubic and colour conversion, MoESR's KEN and fine-tuning
+  downsampler, targets and mask, KOALAnet's filter normalisation, USRNet's FFT data steps; ``full_precision`` here
+  for the systems' own). Outputs are returned as float32.
 
 ``inference_context(path, device)`` opens the path around a forward (and MoESR's fine-tuning);
 ``to_layout(module, path)`` / ``as_layout(x, path)`` put weights and inputs in its layout. The accuracy cost of
