@@ -69,20 +69,25 @@ def downscale_valid(x: Tensor, kernel: Tensor, scale: int) -> Tensor:
 
     Output pixel ``m`` reads ``x[s m + j]`` for ``j < k``: no padding, so ``(B, C, H, W) -> (B, C, (H - k) // s + 1,
     (W - k) // s + 1)``. With a block-centred kernel this equals ``ops.blur_decimate(x, kernel, s)`` shifted by
-    ``((k - 1) // 2) / s`` pixels (its interior), see the tests.
+    ``((k - 1) // 2) / s`` pixels (its interior), see the tests. Float32, also under a bfloat16 autocast (a fixed
+    3-channel operator: cheap, and the losses compare it with 8-bit pixels).
 
     Args:
         x: ``(B, C, H, W)`` with ``H, W >= k``.
-        kernel: ``(k, k)`` kernel shared by all samples and channels.
+        kernel: ``(k, k)`` kernel shared by all samples and channels, or ``(B, k, k)``: one per sample (the grouped
+            fine-tuning of ``group_finetune``).
         scale: Stride ``s``.
     """
-    if kernel.dim() != 2:
-        raise ValueError(f"kernel must be (k, k), got {tuple(kernel.shape)}")
-    ch = x.shape[1]
+    if kernel.dim() not in (2, 3) or (kernel.dim() == 3 and kernel.shape[0] != x.shape[0]):
+        raise ValueError(f"kernel must be (k, k) or (B={x.shape[0]}, k, k), got {tuple(kernel.shape)}")
+    bsz, ch = x.shape[:2]
     x = x.float()
-    weight = kernel.to(x).expand(ch, 1, *kernel.shape)
-    with full_precision(x.device):  # a fixed 3-channel operator: cheap, and the loss compares it to 8-bit pixels
-        return F.conv2d(x, weight, stride=scale, groups=ch)
+    with full_precision(x.device):
+        if kernel.dim() == 2:
+            return F.conv2d(x, kernel.to(x).expand(ch, 1, *kernel.shape), stride=scale, groups=ch)
+        weight = kernel.to(x).repeat_interleave(ch, dim=0)[:, None]  # (B*C, 1, k, k)
+        out = F.conv2d(x.reshape(1, bsz * ch, *x.shape[-2:]), weight, stride=scale, groups=bsz * ch)
+    return out.reshape(bsz, ch, *out.shape[-2:])
 
 
 def centre_crop(x: Tensor, height: int, width: int) -> Tensor:

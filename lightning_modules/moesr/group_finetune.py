@@ -15,27 +15,13 @@ default.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.degradation.ops import quantize
 from lightning_modules.core.precision import fresh_casts, full_precision
-from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, finetune_optimizer
+from lightning_modules.moesr.finetune import FinetuneObjective, centre_crop, downscale_valid, finetune_optimizer
 from lightning_modules.nets.moesr import ExpertBank
 from lightning_modules.nets.vdsr import ChainedVDSR
-
-
-def downscale_group(x: Tensor, kernels: Tensor, scale: int) -> Tensor:
-    """Image ``i`` of ``x`` ``(K, C, H, W)`` correlated with ``kernels[i]`` (``(K, k, k)``), 'valid', stride ``scale``.
-
-    The grouped form of ``finetune.downscale_valid``, in float32 as it is.
-    """
-    k, ch = x.shape[0], x.shape[1]
-    x = x.float()
-    weight = kernels.to(x).repeat_interleave(ch, dim=0)[:, None]  # (K*C, 1, k, k)
-    with full_precision(x.device):
-        out = F.conv2d(x.reshape(1, k * ch, *x.shape[-2:]), weight, stride=scale, groups=k * ch)
-    return out.reshape(k, ch, *out.shape[-2:])
 
 
 def _l1(a: Tensor, b: Tensor) -> Tensor:
@@ -43,22 +29,25 @@ def _l1(a: Tensor, b: Tensor) -> Tensor:
     return (a - centre_crop(b, *a.shape[-2:])).abs().mean(dim=(1, 2, 3))
 
 
-def group_losses(bank: ExpertBank, objectives: list[FinetuneObjective], step: int) -> dict[str, Tensor]:
-    """Each loss term summed over the ``K`` images (``"total"``: their sum), as ``FinetuneObjective.losses``."""
+def group_losses(
+    bank: ExpertBank, objectives: list[FinetuneObjective], kernels: Tensor, mids: Tensor | None, step: int
+) -> dict[str, Tensor]:
+    """Each loss term summed over the ``K`` images (``"total"``: their sum), as ``FinetuneObjective.losses``.
+
+    ``kernels`` ``(K, k, k)`` and ``mids`` (x4: ``(K, 13, 13)``) are the objectives' kernels, stacked once.
+    """
     first = objectives[0]
     s, w_cycle, w_interp = first.scale, first.cycle_weight, first.interp_weight
     hr, lr, bic, mask = (torch.cat(parts) for parts in zip(*(o.crops(step) for o in objectives), strict=True))
-    kernels = torch.stack([o.kernel for o in objectives])
     sr = bank(lr[None])[0]
-    terms = {"forward": _l1(downscale_group(sr, kernels, s), lr) * w_cycle}
-    fake_lr = downscale_group(hr, kernels, s)
+    terms = {"forward": _l1(downscale_valid(sr, kernels, s), lr) * w_cycle}
+    fake_lr = downscale_valid(hr, kernels, s)
     if first.real:
         noise = [torch.randn(fake_lr.shape[1:], generator=o.noise_generator, device=fake_lr.device) for o in objectives]
         fake_lr = fake_lr + torch.stack(noise).to(fake_lr) * first.noise_std
     outs = bank.stage_outputs(quantize(fake_lr)[None])
-    if first.intermediate_kernel is not None:
-        mids = torch.stack([o.intermediate_kernel for o in objectives])
-        terms["intermediate"] = _l1(outs[0][0], downscale_group(hr, mids, 2)) * w_cycle
+    if mids is not None:
+        terms["intermediate"] = _l1(outs[0][0], downscale_valid(hr, mids, 2)) * w_cycle
     terms["backward"] = _l1(outs[-1][0], hr) * w_cycle
     terms["interp"] = (sr * mask - bic * mask).abs().mean(dim=(1, 2, 3)) * w_interp
     terms = {name: value.sum() for name, value in terms.items()}
@@ -111,11 +100,13 @@ def finetune_group(
                                       **objective_kwargs)
                     for x, k, m in zip(lrs, kernels, mids, strict=True)
                 ]  # fmt: skip
+            stacked = torch.stack([o.kernel for o in objectives])
+            stacked_mids = None if mids[0] is None else torch.stack([o.intermediate_kernel for o in objectives])
             optimizer, schedule = finetune_optimizer(list(bank.parameters()), iterations, lr_max)
             for step in range(iterations):
                 optimizer.zero_grad(set_to_none=True)
                 with fresh_casts(lrs[0].device):  # see finetune.finetune
-                    total = group_losses(bank, objectives, step)["total"]
+                    total = group_losses(bank, objectives, stacked, stacked_mids, step)["total"]
                 total.backward()
                 optimizer.step()
                 schedule.step()
