@@ -104,6 +104,7 @@ class SRSystem(L.LightningModule, ABC):
         self.test_kernel_metrics = make_kernel_metrics(prefix="test/")
         self.test_lpips = LPIPSMetric(lpips_weights) if lpips_weights else None
         self._rows: list[dict] = []
+        self.last_kernel_estimates: Tensor | None = None
         self._run_dir: tuple[tuple[int, str], Path] | None = None
 
     # ------------------------------------------------------------------------------------------- to implement
@@ -265,9 +266,11 @@ class SRSystem(L.LightningModule, ABC):
 
         ``gt`` ``(B, k', k')`` is the batch's kernel, block-centred (``datamodules.test_sets``); estimates of a
         ``kernel_centre = "pixel"`` system are moved to the block centre first, so both are in one convention.
+        The block-centred estimates of the latest call stay in ``last_kernel_estimates`` (for reports and figures).
         """
         if self.kernel_centre == "pixel":
             est = div2krk_kernel_to_block_centre(est, self.scale)
+        self.last_kernel_estimates = est.detach()
         self.test_kernel_metrics.update(est, gt.to(est))
         self.log_dict(self.test_kernel_metrics, on_epoch=True, batch_size=est.shape[0])
         self._add_columns(rows, self.test_kernel_metrics)

@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
+import shlex
 import sys
+import time
 from pathlib import Path
 
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
@@ -63,6 +67,9 @@ for _name in SYSTEM_MODULES:
 REPO = Path(__file__).resolve().parents[2]
 # Checkpoint key of the W&B run that wrote a checkpoint (a resumed fit continues it).
 WANDB_ID_KEY = "wandb_run_id"
+# Checkpoint key of how the checkpoint was trained (device, processes, threads, command, resolved config): what a
+# results table needs to tell a CPU-budget checkpoint from a paper-recipe one (benchmarks.report).
+PROVENANCE_KEY = "blindsr_provenance"
 # Callbacks that fail without a logger: left out under --trainer.logger false.
 LOGGER_CALLBACKS = ("LearningRateMonitor", "DeviceStatsMonitor")
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -85,9 +92,10 @@ def method_of(class_path: str) -> str:
 
 
 class RunConfig(SaveConfigCallback):
-    """Saves ``config.yaml`` in the run's own folder (``SRSystem.run_dir``) and the W&B run id in checkpoints.
+    """Saves ``config.yaml`` in the run folder (``SRSystem.run_dir``); the W&B run id and provenance in checkpoints.
 
-    The run id (``WANDB_ID_KEY``) lets a resumed fit continue that W&B run.
+    The run id (``WANDB_ID_KEY``) lets a resumed fit continue that W&B run; the provenance (``PROVENANCE_KEY``:
+    :func:`training_provenance`) says how the checkpoint was trained.
     """
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -104,10 +112,40 @@ class RunConfig(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        """Record the W&B run id in the checkpoint."""
+        """Record the W&B run id and the training provenance in the checkpoint."""
         ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if ids and ids[0]:
             checkpoint[WANDB_ID_KEY] = ids[0]
+        checkpoint[PROVENANCE_KEY] = training_provenance(trainer, self.parser.dump(self.config, skip_none=False))
+
+
+def device_name(device: torch.device) -> str:
+    """``"cuda: NVIDIA H200"`` / ``"cpu: <model name>"``: the kind of device a run used."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return f"{device.type}: {model}"
+
+
+def training_provenance(trainer, config_yaml: str) -> dict:
+    """How a checkpoint was trained: device kind, processes, threads per process, steps, command and resolved config.
+
+    Plain strings and numbers only (checkpoints load with ``weights_only=True``).
+    """
+    return {
+        "device": device_name(trainer.strategy.root_device),
+        "world_size": int(trainer.world_size),
+        "threads": int(torch.get_num_threads()),
+        "global_step": int(trainer.global_step),
+        "command": shlex.join(["python", "main.py", *sys.argv[1:]]) if Path(sys.argv[0]).name == "main.py" else "",
+        "config": config_yaml,
+        "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "torch": str(torch.__version__),
+    }
 
 
 class BlindSRCLI(LightningCLI):
