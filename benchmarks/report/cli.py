@@ -25,11 +25,16 @@ from benchmarks.report.writer import write_report
 from datamodules.test_sets import open_benchmark
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one (options whose help already says what None means stay as written)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line (every option explained in ``--help``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.report", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder (the layout main.py writes: "
                    "moesr/experts_x2/last.ckpt, ...) or a YAML list of {method: KEY, scale: S, SLOT: FILE} entries "
                    "(slots not listed: below the folder 'checkpoints')")  # fmt: skip

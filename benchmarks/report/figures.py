@@ -5,7 +5,8 @@
 * ``kernels_<set>_x<s>.png``: for the set's first images, the true kernel and each estimating method's kernel
   (block-centred, each panel scaled to its own maximum), kernel SAE in the caption.
 * ``gain_vs_width_x<s>.png``: PSNR-Y gain over bicubic against the true kernel's width (sqrt of the larger
-  covariance eigenvalue, HR px), one line per method (mean over width bins of every set with kernels), dots per image.
+  covariance eigenvalue, HR px), one line per method (its mean in five equal-width bins shared by every method,
+  over every set with kernels), dots per image.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def kernels_figure(
     names = sorted(gts, key=_natural)[:images]
     labels = {m.key: m.name for m in methods}
     cols = 1 + len(estimates)
-    fig, axes = plt.subplots(len(names), cols, figsize=(2.0 * cols, 2.2 * len(names)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), cols, figsize=(2.0 * cols, 2.4 * len(names)), squeeze=False, layout="constrained"
+    )
     for r, name in enumerate(names):
         gt = gts[name]
         _kernel_panel(axes[r, 0], gt, f"{name}: true")
@@ -107,7 +110,6 @@ def kernels_figure(
             else:
                 axes[r, c].axis("off")
     fig.suptitle(f"{set_name} x{scale}: estimated vs true kernels (block-centred)", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -125,13 +127,23 @@ def _natural(name: str) -> list:
 
 def gain_figure(path: Path, scale: int, methods: Sequence, grid: dict, widths: dict[str, dict[str, float]]) -> bool:
     """PSNR-Y gain over bicubic against kernel width at ``scale`` over every set with kernels; False if no data."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     drawn = False
     all_w = [w for per_set in widths.values() for w in per_set.values()]
     if not all_w:
         plt.close(fig)
         return False
-    edges = np.quantile(all_w, np.linspace(0, 1, 6))
+    # Shared bins: every method is drawn at the same x (the mean width of the bin's images), so lines compare.
+    all_a = np.array(all_w)
+    edges = np.linspace(all_a.min(), all_a.max(), 6)
+
+    def bin_of(w: np.ndarray) -> np.ndarray:
+        return np.clip(np.digitize(w, edges[1:-1]), 0, len(edges) - 2)
+
+    all_bins = bin_of(all_a)
+    centres = {b: all_a[all_bins == b].mean() for b in np.unique(all_bins)}
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     for i, m in enumerate(methods):
         if m.key == "bicubic":
             continue
@@ -147,22 +159,27 @@ def gain_figure(path: Path, scale: int, methods: Sequence, grid: dict, widths: d
         if not xs:
             continue
         xs_a, ys_a = np.array(xs), np.array(ys)
-        colour = f"C{i % 10}"
+        colour = plt.get_cmap("tab20")(i % 20)
         ax.scatter(xs_a, ys_a, s=6, alpha=0.3, color=colour)
-        bins = np.clip(np.digitize(xs_a, edges[1:-1]), 0, len(edges) - 2)
-        centres = [xs_a[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
-        means = [ys_a[bins == b].mean() for b in range(len(edges) - 1) if (bins == b).any()]
-        ax.plot(centres, means, "-o", ms=3, color=colour, label=f"{m.name} ({len(xs)} images)")
+        bins = bin_of(xs_a)
+        used = [b for b in sorted(centres) if (bins == b).any()]
+        ax.plot(
+            [centres[b] for b in used],
+            [ys_a[bins == b].mean() for b in used],
+            linestyle=styles[i % len(styles)],
+            marker=markers[i % len(markers)],
+            ms=4,
+            color=colour,
+            label=f"{m.name} ({len(xs)} images)",
+        )
         drawn = True
     if drawn:
         ax.axhline(0, color="k", lw=0.6)
-        ax.set_xlabel("true kernel width: sqrt(larger covariance eigenvalue), HR px")
+        ax.set_xlabel("true kernel width: sqrt(larger covariance eigenvalue), HR px; line = mean over a width bin")
         ax.set_ylabel("PSNR-Y gain over bicubic (dB)")
-        ax.set_title(
-            f"x{scale}: gain over bicubic vs kernel width (sets with kernels: {', '.join(widths)})", fontsize=8
-        )
+        title = f"x{scale}: PSNR-Y gain over bicubic vs kernel width ({len(widths)} sets with kernels)"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=6, loc="best")
-        fig.tight_layout()
         fig.savefig(path, dpi=120)
     plt.close(fig)
     return drawn

@@ -89,6 +89,37 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def mean_gain(key: str, scale: int, grid: dict) -> tuple[float | None, int, int]:
+    """A row's mean PSNR-Y gain over bicubic at ``scale``: (mean over its ok cells, cells above bicubic, ok cells).
+
+    Each cell's gain is its mean PSNR-Y less bicubic's on the same images (the standard protocol of the same test).
+    """
+    gains = [
+        c["means"]["psnr_y"] - c["means"]["bicubic_psnr_y"]
+        for (k, _, s), c in grid.items()
+        if k == key and s == scale and c["status"] == "ok"
+        and None not in (c["means"].get("psnr_y"), c["means"].get("bicubic_psnr_y"))
+    ]  # fmt: skip
+    if not gains:
+        return None, 0, 0
+    return float(np.mean(gains)), sum(g > 0 for g in gains), len(gains)
+
+
+def gain_table(methods: Sequence, scales: Sequence[int], grid: dict) -> str:
+    """Per row and scale: mean PSNR-Y gain over bicubic over the sets it ran on, and on how many it beats bicubic."""
+    lines = ["| method | " + " | ".join(f"gain x{s} (dB) | sets above bicubic x{s}" for s in scales) + " |"]
+    lines.append("|---" * (2 * len(scales) + 1) + "|")
+    for m in methods:
+        if m.key == "bicubic":
+            continue
+        parts = []
+        for s in scales:
+            gain, above, n = mean_gain(m.key, s, grid)
+            parts.append(f"{gain:+.2f} | {above} of {n}" if gain is not None else "- | -")
+        lines.append(f"| {m.name} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def cost_table(methods: Sequence, scales: Sequence[int], grid: dict) -> str:
     """Parameters and mean seconds per image per scale (over every image of the scale's ok cells)."""
     lines = ["| method | " + " | ".join(f"parameters x{s} | s / image x{s}" for s in scales) + " |"]
@@ -144,9 +175,11 @@ def provenance_table(methods: Sequence, grid: dict, config_dir: Path) -> str:
 
 
 def write_csv(path: Path, methods: Sequence, columns: Sequence[tuple[str, int]], grid: dict) -> None:
-    """The wide CSV: a row per method; per ``(set, scale)`` each metric's mean (standard and paper protocol)."""
+    """The wide CSV: a row per method; per ``(set, scale)`` each metric's mean; then each scale's :func:`mean_gain`."""
     metrics = [*METRICS, "paper_psnr_y", "paper_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"]
+    scales = sorted({k for _, k in columns})
     header = ["method", "name", "paper_protocol"] + [f"{s}_x{k}_{m}" for s, k in columns for m in ["status", *metrics]]
+    header += [f"mean_gain_x{k}" for k in scales] + [f"sets_above_bicubic_x{k}" for k in scales]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -156,6 +189,8 @@ def write_csv(path: Path, methods: Sequence, columns: Sequence[tuple[str, int]],
                 c = grid[(m.key, s, k)]
                 row.append(c["status"])
                 row += [_fmt(c.get("means", {}).get(x)) for x in metrics]
+            gains = [mean_gain(m.key, k, grid) for k in scales]
+            row += [_fmt(g) for g, _, _ in gains] + [f"{a} of {n}" if n else "" for _, a, n in gains]
             writer.writerow(row)
 
 

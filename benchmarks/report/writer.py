@@ -71,6 +71,12 @@ def _markdown(out: Path, methods, scales, columns, grid, set_info, info, drawn) 
         "`-` = no CPU recipe at this scale, `failed` = the test stopped (error below).",
         "",
     ]
+    lines += [
+        "## Summary: mean PSNR-Y gain over bicubic (standard protocol; over the sets each row ran on)",
+        "",
+        tables.gain_table(methods, scales, grid),
+        "",
+    ]
     for scale in scales:
         lines += [
             f"## x{scale}, standard protocol (PSNR-Y / SSIM-Y)",
@@ -155,8 +161,8 @@ def _wandb(out: Path, methods, columns, grid, drawn, info) -> None:
     mode = "online" if wandb_configured() else "offline"
     run = wandb.init(project="blindsr", job_type="report", dir=str(out), mode=mode,
                      config=info)  # fmt: skip
-    metrics = ["psnr_y", "ssim_y", "paper_psnr_y", "paper_ssim_y", "kernel_sae", "kernel_l2", "kernel_psnr", "lpips",
-               "seconds"]  # fmt: skip
+    metrics = ["psnr_y", "ssim_y", "bicubic_psnr_y", "paper_psnr_y", "paper_ssim_y", "kernel_sae", "kernel_l2",
+               "kernel_psnr", "lpips", "seconds"]  # fmt: skip
     header = ["method", "set", "scale", "status", *metrics, "parameters", "checkpoints", "machine", "command"]
     data = []
     for m in methods:
@@ -171,6 +177,9 @@ def _wandb(out: Path, methods, columns, grid, drawn, info) -> None:
             row = [m.name, set_name, scale, entry["status"], *(means.get(h) for h in metrics)]
             data.append([*row, rec.get("parameters"), ckpts, rec.get("machine"), rec.get("command")])
     run.log({"report/results": wandb.Table(columns=header, data=data)})
+    scales = sorted({k for _, k in columns})
+    summary = [[m.name, k, *tables.mean_gain(m.key, k, grid)] for m in methods for k in scales if m.key != "bicubic"]
+    run.log({"report/summary": wandb.Table(columns=["method", "scale", "gain_db", "above", "sets"], data=summary)})
     run.log({f"report/{p.stem}": wandb.Image(str(p)) for p in drawn})
     run.finish()
     print(f"report: W&B run {run.id} ({'online' if mode == 'online' else 'offline, in ' + str(out / 'wandb')})")

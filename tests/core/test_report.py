@@ -90,7 +90,16 @@ def test_every_cell_has_a_status_and_trained_rows_beat_nothing_silently(first):
         float(rows["single_net"]["div2krk_x2_bicubic_psnr_y"])
     )
     assert 15 < float(rows["single_net"]["div2krk_x2_psnr_y"]) < 60
+    # the summary's gain: the row's PSNR-Y less bicubic's, averaged over its two ok x2 cells
+    net = rows["single_net"]
+    gains = [float(net[f"{s}_x2_psnr_y"]) - float(net[f"{s}_x2_bicubic_psnr_y"]) for s in ("div2krk", "set14_dasr_I")]
+    gain, above = sum(gains) / 2, sum(g > 0 for g in gains)
+    assert float(net["mean_gain_x2"]) == pytest.approx(gain, abs=1e-4)
+    assert net["sets_above_bicubic_x2"] == f"{above} of 2"
+    assert rows["single_net"]["mean_gain_x4"] == ""  # its x4 cells are missing: no gain, not zero
+    assert float(rows["bicubic"]["mean_gain_x2"]) == pytest.approx(0, abs=1e-6)
     md = (first / "report.md").read_text()
+    assert f"| Single network (MoESR's residual net, all kernels) | {gain:+.2f} | {above} of 2 | - | - |" in md
     assert "missing: single_net x4" in md and "configs/baselines/cpu/single_net.yaml" in md
     assert "set14_dasr_I | x4 | 2 | dasr" in md and "--protocol dasr" in md and "--seed 0" in md
 
