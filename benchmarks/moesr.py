@@ -1,7 +1,7 @@
 """MoESR inference per image in each inference path, against the in-run convolution peak and an official-style flow.
 
     python -m benchmarks.moesr [--scale 2] [--images DIR] [--images-limit N] [--finetune-iters 1000]
-                               [--paths fp32,bf16] [--estimate-crop 0] [--reference] [--compare-crop 64] ...
+                               [--paths fp32,auto] [--estimate-crop 0] [--reference] [--compare-crop 64] ...
     # CPU, a few minutes:
     python -m benchmarks.moesr --finetune-iters 20 --estimate-crop 128 --images-limit 1 --compare-crop 24
 
@@ -11,7 +11,9 @@ early, the image sizes and iteration counts are fixed), so no trained checkpoint
 sample of the shared data folder (``lr_x{scale}``) or any folder of LR images.
 
 Per image and inference path (``--paths``; ``core.precision``: ``fp32`` is this release's default, ``bf16`` the
-channels-last bfloat16 path; ``MoESR.choose`` / ``adapt`` / tiled reconstruction, device synchronised after each):
+channels-last bfloat16 path, ``auto`` the path ``resolve_path`` picks on this device: bf16 where bfloat16 is native,
+else channels_last on CPUs with NCHW fp32 fine-tuning; rows are named by the choice, the JSON line's ``runs`` says
+what each ran; ``MoESR.choose`` / ``adapt`` / tiled reconstruction, device synchronised after each):
 
 * estimate: ISE errors of all 85 grid kernels' experts on the whole LR image (or its central ``--estimate-crop``
   crop) and KEN, i.e. Eq. 10-12;
@@ -58,11 +60,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import measure_peak, time_interleaved
+from benchmarks.common import describe_device, measure_peak, time_interleaved
 from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
 from datamodules.images import LRFolderDataset
 from datamodules.test_sets import DIV2KRKDataset
-from lightning_modules.core.precision import INFERENCE_PATHS, as_layout, to_layout
+from lightning_modules.core.precision import PATH_CHOICES, as_layout, resolve_path, to_layout
 from lightning_modules.core.runtime import keep_freed_memory
 from lightning_modules.moesr.finetune import FinetuneObjective
 from lightning_modules.moesr.grid_eval import grid_outputs, upsample
@@ -149,7 +151,7 @@ def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int, path: str)
     """Estimate, fine-tune and reconstruct one image in ``path``; seconds and peak memory of each phase."""
     device = lr.device
     use_path(model, path)
-    lr = as_layout(lr, path)
+    lr = as_layout(lr, model.inference_path)
     row: dict = {"name": name, "size": f"{lr.shape[-1]}x{lr.shape[-2]}", "path": path}
     with torch.no_grad(), model.inference_scope(device):  # warm-up: the path's kernels chosen before timing
         model.choose(lr[..., :64, :64])
@@ -223,6 +225,7 @@ def compare_batched_loop(model: MoESR, lr: torch.Tensor, crop: int, repeats: int
     h, w = lr.shape[-2:]
     c = min(crop, h, w)
     use_path(model, path)
+    path = model.inference_path
     x = as_layout(lr[..., (h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c], path)
     bank, grid = model.bank, model.grid
     nets = [to_layout(bank.expert(e).eval(), path) for e in range(bank.num_experts)]
@@ -254,9 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=Path, default=DEFAULT_SET, help="DIV2KRK-layout set or folder of LR images")
     parser.add_argument("--images-limit", type=int, default=0, help="first N images only (default: all)")
     parser.add_argument("--finetune-iters", type=int, default=PAPER_ITERS, help="iterations run (default: 1000)")
-    parser.add_argument("--paths", default="fp32,bf16",
-                        help=f"inference paths to time, comma-separated ({', '.join(INFERENCE_PATHS)}; "
-                             "default: fp32,bf16, the release default and the fast path)")  # fmt: skip
+    parser.add_argument("--paths", default="fp32,auto",
+                        help=f"inference paths to time, comma-separated ({', '.join(PATH_CHOICES)}; default: "
+                             "fp32,auto: the release default and this device's fast path, bf16 where bfloat16 is "
+                             "native, else channels_last with fp32 fine-tuning on CPUs)")  # fmt: skip
     parser.add_argument("--estimate-crop", type=int, default=0, help="LR crop of kernel estimation (0: whole image)")
     parser.add_argument("--max-batch", type=int, default=8, help="(image, kernel) pairs per expert/ISE call")
     parser.add_argument(
@@ -270,14 +274,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the comparison and the peak (median)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for p in paths:
-        if p not in INFERENCE_PATHS:
-            parser.error(f"unknown path {p!r} in --paths; choose from {', '.join(INFERENCE_PATHS)}")
+    choices = [p.strip() for p in args.paths.split(",") if p.strip()]
+    for p in choices:
+        if p not in PATH_CHOICES:
+            parser.error(f"unknown path {p!r} in --paths; choose from {', '.join(PATH_CHOICES)}")
     allocator = "glibc, freed memory kept" if keep_freed_memory() else "default allocator"
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    runs = {p: (resolve_path(p, device), resolve_path(p, device, training=True)) for p in choices}
+    paths = [p for i, p in enumerate(choices) if runs[p] not in [runs[q] for q in choices[:i]]]  # distinct runs
     peak = measure_peak(256, device, args.repeats)
     model = build_model(args.scale, device, args.finetune_iters, args.estimate_crop, args.max_batch)
     images = load_images(args.images, args.scale, args.images_limit)
@@ -291,13 +297,16 @@ def main(argv: list[str] | None = None) -> dict:
             reference[name] = reference_estimate(model, lr)
     cmp = {p: compare_batched_loop(model, images[0][1].to(device), args.compare_crop, args.repeats, p)
            for p in paths} if args.compare_crop > 0 else {}  # fmt: skip
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    dev = describe_device(device)
     for r in rows:
         f = flops[r["name"]]
         for phase in ("estimate", "finetune", "reconstruct"):
             r[f"{phase}_peak"] = f[phase] / r[f"{phase}_s"] / 1e9 / peak["peak_gflops"]
     print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device)
-    return headline(args, rows, reference, peak, cmp, dev, paths)
+    if "auto" in paths:
+        inf, ft = runs["auto"]
+        print(f"auto on this device: {inf}" + (f" (fine-tuning {ft})" if ft != inf else ""))
+    return headline(args, rows, reference, peak, cmp, dev, paths, runs)
 
 
 def print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device) -> None:
@@ -310,12 +319,12 @@ def print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device)
     note = f", * = {PAPER_ITERS} extrapolated (setup + {PAPER_ITERS} x per-iteration)" if extrapolated else ""
     print(f"estimate: {crop}; fine-tune: {args.finetune_iters} iterations measured{note}")
     mem_unit = "GPU peak GiB" if device.type == "cuda" else "RSS peak GiB"
-    print(f"{'image':8} {'LR size':>10} {'path':>6} {'estimate s':>11} {'ft s/iter':>10} {'ft 1000 it':>11}  "
+    print(f"{'image':8} {'LR size':>10} {'path':>13} {'estimate s':>11} {'ft s/iter':>10} {'ft 1000 it':>11}  "
           f"{'recon s':>8} {'total s':>9}  {'peak fraction est/ft/rec':>24}  {mem_unit}: est/ft/rec")  # fmt: skip
     for r in rows:
         mems = "/".join(f"{r[k] / GIB:.2f}" for k in ("estimate_mem", "finetune_mem", "reconstruct_mem"))
         fr = "/".join(f"{r[k]:.2f}" for k in ("estimate_peak", "finetune_peak", "reconstruct_peak"))
-        print(f"{r['name']:8} {r['size']:>10} {r['path']:>6} {r['estimate_s']:11.2f} {r['per_iter_s']:10.4f} "
+        print(f"{r['name']:8} {r['size']:>10} {r['path']:>13} {r['estimate_s']:11.2f} {r['per_iter_s']:10.4f} "
               f"{r['finetune_s']:11.1f}{'*' if extrapolated else ' '}{r['reconstruct_s']:9.2f} {r['total_s']:9.1f}  "
               f"{fr:>24}  {mems}")  # fmt: skip
     for name, f in flops.items():
@@ -334,14 +343,15 @@ def print_table(args, rows, flops, reference, peak, cmp, dev, allocator, device)
         print(f"process peak RSS (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
-def headline(args, rows, reference, peak, cmp, dev, paths) -> dict:
+def headline(args, rows, reference, peak, cmp, dev, paths, runs) -> dict:
     """The JSON line: per path the mean seconds per image and phase, peak fractions; ratios to fp32 and reference."""
 
     def mean(path: str, key: str) -> float:
         return statistics.fmean(r[key] for r in rows if r["path"] == path)
 
     out: dict = {"scale": args.scale, "images": len({r["name"] for r in rows}), "device": dev,
-                 "peak_gflops": round(peak["peak_gflops"], 1), "peak_path": peak["peak_path"]}  # fmt: skip
+                 "peak_gflops": round(peak["peak_gflops"], 1), "peak_path": peak["peak_path"],
+                 "runs": {p: {"inference": runs[p][0], "finetune": runs[p][1]} for p in paths}}  # fmt: skip
     for p in paths:
         out[p] = {k: round(mean(p, k), 3) for k in ("total_s", "estimate_s", "finetune_s", "reconstruct_s",
                   "per_iter_s", "estimate_peak", "finetune_peak", "reconstruct_peak")}  # fmt: skip

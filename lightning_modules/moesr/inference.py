@@ -23,7 +23,8 @@ Kernels are block-centred (DESIGN.md; ``moesr/kernels.py``): ``13x13`` at x2, ``
 batches; kernel accuracy compares the estimated Gaussian *evaluated* on the ground truth's grid (no interpolation).
 Outputs: SR PNGs as every ``SRSystem`` and, beside each, ``<name>_x<s>_kernel.mat`` and ``.png``; the test table
 gains the estimated parameters, the grid kernel and expert chosen and the seconds spent estimating and fine-tuning.
-The whole per-image work runs in ``inference_path`` (``core.precision``; fine-tuning keeps float32 weights).
+The whole per-image work runs in ``inference_path`` (``core.precision``; fine-tuning keeps float32 weights and
+runs in ``finetune_path``, the same path unless ``"auto"`` resolves differently for training).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.kernel_files import save_kernel_files
-from lightning_modules.core.precision import as_layout, to_layout
+from lightning_modules.core.precision import InferencePath, as_layout, resolve_path, to_layout
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
@@ -243,11 +244,16 @@ class MoESR(SRSystem):
         )
 
     # ---------------------------------------------------------------------------------------------- experts
+    @property
+    def finetune_path(self) -> InferencePath:
+        """``inference_path``, or for ``"auto"`` its training resolution (``core.precision.resolve_path``)."""
+        return resolve_path(self.inference_path_choice, self.device, training=True)
+
     def expert_for(self, grid_index: int) -> nn.Module:
-        """A trainable standalone copy of grid kernel ``grid_index``'s expert, its input transform folded in."""
+        """A trainable copy of grid kernel ``grid_index``'s expert, input transform folded in, ``finetune_path``."""
         self._require_stages(estimation=False)
         with torch.inference_mode(False):
-            net = to_layout(grid_expert(self.bank, self.grid, grid_index), self.inference_path)
+            net = to_layout(grid_expert(self.bank, self.grid, grid_index), self.finetune_path)
         net.requires_grad_(True)
         if self.compile_expert:  # stage by stage: fine-tuning indexes the x2 stages of an x4 chain
             for i, stage in enumerate(net):
@@ -272,6 +278,7 @@ class MoESR(SRSystem):
             iters = 0
         trainer = self._trainer
         bar = trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None)
+        lr = as_layout(lr, self.finetune_path)
         start = time.perf_counter()
         with progress_bar(iters, f"MoESR fine-tuning {name}".strip(), self.progress and bar) as report:
             finetune(
@@ -282,7 +289,7 @@ class MoESR(SRSystem):
             )  # fmt: skip
         if lr.device.type == "cuda":
             torch.cuda.synchronize(lr.device)
-        return net.eval(), time.perf_counter() - start
+        return to_layout(net.eval(), self.inference_path), time.perf_counter() - start
 
     def _groupable(self, lr: Tensor, choice: KernelChoice) -> bool:
         """Whether ``finetune_group`` applies: asked for, 2+ images (one size, as a batch has), fine-tuning possible."""
@@ -297,6 +304,7 @@ class MoESR(SRSystem):
             nets = [grid_expert(self.bank, self.grid, int(g)) for g in choice.grid_index]
         start = time.perf_counter()
         mids = None if choice.intermediate is None else list(choice.intermediate)
+        lr = as_layout(lr, self.finetune_path)
         tuned = finetune_group(nets, list(lr.split(1)), list(choice.kernel), self.scale, self.finetune_iters,
                                self.finetune_lr, mids, real=self.real, noise_std=self.noise_std,
                                seed=self.finetune_seed, crop_size=self.crop_size)  # fmt: skip

@@ -27,7 +27,10 @@ from lightning_modules.moesr.inference import MoESR
 from tests.kenet.helpers import psnr_db, real_hr, write_kenet_checkpoint, write_usrnet_checkpoint
 from tests.moesr.test_system import tiny_stages
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:inference_path bf16 on:UserWarning"),  # CPUs that emulate bfloat16
+]
 
 BF16_MIN_PSNR = 45.0
 CHANNELS_LAST_ATOL = 1e-4

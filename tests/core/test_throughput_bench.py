@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+import benchmarks.common
 import benchmarks.throughput as tp
+from benchmarks.common import PEAK_PATHS, peak_paths
 from lightning_modules.core.precision import INFERENCE_PATHS
 
 PEAK = 32
@@ -17,7 +19,7 @@ ISE_SIZE, ISE_BATCH = 56, 2
 ARGS = [
     "--networks", "expert_bank,expert,ise", "--peak-size", str(PEAK), "--repeats", "3", "--threads", "1",
     "--device", "cpu", "--bank-size", str(BANK), "--slots", str(SLOTS), "--expert-size", str(EXPERT),
-    "--ise-size", str(ISE_SIZE), "--ise-batch", str(ISE_BATCH),
+    "--ise-size", str(ISE_SIZE), "--ise-batch", str(ISE_BATCH), "--paths", ",".join(INFERENCE_PATHS),
 ]  # fmt: skip
 
 
@@ -56,7 +58,7 @@ def test_peak_conv_flops_are_exact_and_the_peak_is_the_best_path(bench):
     result, _ = bench
     peak = result["peak"]
     assert peak["flops"] == peak["flops_counted"] == 2 * 64 * 64 * 9 * PEAK * PEAK
-    assert set(peak["gflops"]) == set(tp.PEAK_PATHS)
+    assert set(peak["gflops"]) == set(peak_paths(torch.device("cpu")))
     assert result["peak_gflops"] > 0
 
 
@@ -125,7 +127,7 @@ def test_a_failing_path_is_reported_not_raised(monkeypatch):
 
     monkeypatch.setattr(tp, "cases", fake_cases)
     result, text = run(["--networks", "nchw_only", "--peak-size", "16", "--repeats", "1", "--threads", "1",
-                        "--device", "cpu"])  # fmt: skip
+                        "--device", "cpu", "--paths", "channels_last,bf16"])  # fmt: skip
     row = result["networks"]["nchw_only"]
     assert set(row["errors"]) == {"channels_last", "bf16"}
     assert row["errors"]["bf16"] == "RuntimeError: no channels-last kernel"
@@ -138,3 +140,15 @@ def test_a_failing_path_is_reported_not_raised(monkeypatch):
 def test_unknown_network_is_an_argument_error():
     with pytest.raises(SystemExit):
         run(["--networks", "expert,nope", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "emulated"])
+def test_default_paths_time_bf16_only_where_bfloat16_is_native(monkeypatch, native):
+    for module in (tp, benchmarks.common):
+        monkeypatch.setattr(module, "native_bf16", lambda device: native)
+    result, text = run(["--networks", "expert", "--expert-size", "6", "--peak-size", "16", "--repeats", "1",
+                        "--threads", "1", "--device", "cpu"])  # fmt: skip
+    paths = set(INFERENCE_PATHS) if native else {"fp32", "channels_last"}
+    assert set(result["networks"]["expert"]["gflops"]) == paths and set(result["paths"]) == paths
+    assert set(result["peak"]["gflops"]) == set(PEAK_PATHS if native else INFERENCE_PATHS)  # bf16's cost shown
+    assert ("bf16 s" in text) == native

@@ -51,10 +51,23 @@ def test_kenet_refuses_data_of_another_kernel_size(tmp_path):
 def test_usrnet_fit_then_ground_truth_test(tmp_path, tiny_div2krk):
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
     sizes = [f"--model.init_args.{k}={v}" for k, v in TINY_USRNET.items()]
-    common = ["-c", str(REPO / "configs/kenet/usrnet.yaml"), *SMOKE, *DATA, *sizes,
-              f"--trainer.default_root_dir={tmp_path}"]
-    cli_main(["fit", *common, "--trainer.enable_checkpointing=true",
-              "--trainer.callbacks+=callbacks.checkpoint.StageCheckpoint", f"--trainer.callbacks.dirpath={ckpt_dir}"])
+    common = [
+        "-c",
+        str(REPO / "configs/kenet/usrnet.yaml"),
+        *SMOKE,
+        *DATA,
+        *sizes,
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    cli_main(
+        [
+            "fit",
+            *common,
+            "--trainer.enable_checkpointing=true",
+            "--trainer.callbacks+=callbacks.checkpoint.StageCheckpoint",
+            f"--trainer.callbacks.dirpath={ckpt_dir}",
+        ]
+    )
     cli_main(["test", *common, f"--data.init_args.test_set={tiny_div2krk}", f"--model.init_args.output_dir={out}",
               f"--ckpt_path={ckpt_dir / 'last.ckpt'}"])  # fmt: skip
     rows = table(out)
@@ -78,8 +91,11 @@ def blind_args(tmp_path, estimator: str, restorer: list[str]) -> list[str]:
 def test_blind_test_and_predict_with_kenet_and_usrnet(tmp_path, tiny_div2krk):
     kenet = write_kenet_checkpoint(tmp_path / "kenet_x{scale}.ckpt", 2)
     usrnet = write_usrnet_checkpoint(tmp_path / "usrnet_x{scale}.ckpt", 2)
-    args = blind_args(tmp_path, "lightning_modules.kenet.components.KENetKernelEstimator",
-                      [f"--model.init_args.restorer.init_args.ckpt={usrnet}"])
+    args = blind_args(
+        tmp_path,
+        "lightning_modules.kenet.components.KENetKernelEstimator",
+        [f"--model.init_args.restorer.init_args.ckpt={usrnet}"],
+    )
     args += [f"--model.init_args.estimator.init_args.ckpt={kenet}"]  # fmt: skip
     out = tmp_path / "test"
     cli_main(["test", *args, f"--data.init_args.test_set={tiny_div2krk}", f"--model.init_args.output_dir={out}"])
@@ -97,8 +113,11 @@ def test_blind_test_and_predict_with_kenet_and_usrnet(tmp_path, tiny_div2krk):
 @pytest.mark.skipif(not USRNET_TINY.is_file(), reason=f"the official USRNet-tiny weights are not at {USRNET_TINY}")
 def test_ground_truth_with_official_usrnet_tiny_beats_bicubic(tmp_path, tiny_div2krk):
     out = tmp_path / "gt"
-    args = blind_args(tmp_path, "lightning_modules.core.two_step.GroundTruthKernel",
-                      [f"--model.init_args.restorer.init_args.pretrained={USRNET_TINY}"])
+    args = blind_args(
+        tmp_path,
+        "lightning_modules.core.two_step.GroundTruthKernel",
+        [f"--model.init_args.restorer.init_args.pretrained={USRNET_TINY}"],
+    )
     cli_main(["test", *args, f"--data.init_args.test_set={tiny_div2krk}", f"--model.init_args.output_dir={out}"])
     mean = table(out)[-1]
     assert "kernel_sae" not in mean  # the oracle's kernel accuracy is not a measurement
@@ -108,7 +127,10 @@ def test_ground_truth_with_official_usrnet_tiny_beats_bicubic(tmp_path, tiny_div
 def test_two_step_refuses_fit(tmp_path):
     kenet = write_kenet_checkpoint(tmp_path / "kenet_x{scale}.ckpt", 2)
     usrnet = write_usrnet_checkpoint(tmp_path / "usrnet_x{scale}.ckpt", 2)
-    args = blind_args(tmp_path, "lightning_modules.kenet.components.KENetKernelEstimator",
-                      [f"--model.init_args.restorer.init_args.ckpt={usrnet}"])
+    args = blind_args(
+        tmp_path,
+        "lightning_modules.kenet.components.KENetKernelEstimator",
+        [f"--model.init_args.restorer.init_args.ckpt={usrnet}"],
+    )
     with pytest.raises(RuntimeError, match="nothing to fit"):
         cli_main(["fit", *args, f"--model.init_args.estimator.init_args.ckpt={kenet}", *DATA])

@@ -15,6 +15,7 @@ from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, in
 from datamodules.io import load_kernel, save_kernel_mat, save_png
 from datamodules.sr_datamodule import SRDataModule
 from datamodules.test_sets import DIV2KRKDataset
+from lightning_modules.core import precision
 from lightning_modules.core.cli import cli_main
 from lightning_modules.core.stages import CheckpointError
 from lightning_modules.moesr.grid_eval import fold_transform_into_weights, grid_outputs
@@ -287,3 +288,28 @@ def test_a_perfect_kernel_estimate_scores_zero_through_moesr_test_path(tmp_path,
     trainer = lightning.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     out = trainer.test(m, datamodule=data, verbose=False)[0]
     assert out["test/kernel_sae"] < 1e-6 and out["test/kernel_l2"] < 1e-10, out
+
+
+def first_conv_weight(net: torch.nn.Module) -> torch.Tensor:
+    return next(p for p in net.parameters() if p.dim() == 4)
+
+
+def test_auto_fine_tunes_in_nchw_and_reconstructs_in_channels_last_where_bfloat16_is_emulated(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    torch.manual_seed(5)
+    lr = torch.rand(1, 3, 48, 40)
+    tuned = {}
+    for choice in ("fp32", "auto"):
+        m = model(finetune_iters=3, finetune_lr=1e-3, crop_size=32, inference_path=choice)
+        m.apply_inference_layout()
+        with torch.inference_mode():
+            kernels = m.choose(lr)
+        assert m.inference_path == ("channels_last" if choice == "auto" else "fp32") and m.finetune_path == "fp32"
+        assert first_conv_weight(m.expert_for(0)).is_contiguous()  # NCHW while fine-tuning
+        net, _ = m.adapt(lr, kernels)
+        w = first_conv_weight(net)
+        nhwc = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        assert nhwc == (choice == "auto")  # reconstruction in the inference path's layout
+        with torch.no_grad():
+            tuned[choice] = m._reconstruct(net, lr)
+    torch.testing.assert_close(tuned["auto"], tuned["fp32"], atol=1e-5, rtol=0)
