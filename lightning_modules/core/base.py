@@ -82,8 +82,8 @@ class SRSystem(L.LightningModule, ABC):
         inference_path: Precision and layout of ``test``/``predict`` (``core.precision``): ``"fp32"`` (default),
             ``"channels_last"``, ``"bf16"`` (channels-last with bfloat16 autocast; fast only where bfloat16 is
             native: AMX / AVX512-BF16 CPUs, recent GPUs; elsewhere a warning) or ``"auto"`` (``"bf16"`` where native,
-            else ``"channels_last"`` on CPUs, ``"fp32"`` on other devices). Training and validation always run in
-            the trainer's precision.
+            else ``"channels_last"`` on CPUs, with MoESR fine-tuning in ``"fp32"``, and ``"fp32"`` on other
+            devices). Training and validation always run in the trainer's precision.
     """
 
     kernel_centre: Literal["pixel", "block"] = "block"

@@ -13,9 +13,9 @@
   (``native_bf16``: AMX or AVX512-BF16 CPUs, GPUs with bfloat16 units); elsewhere oneDNN emulates it, ~8-12x
   slower than float32 on an AVX2-only AMD EPYC, and the systems warn (``slow_path_warning``).
 * ``"auto"`` (a choice, not a path): ``resolve_path`` picks ``"bf16"`` where bfloat16 is native, else on CPUs
-  ``"channels_last"`` for forward passes (MoESR's reconstruction 1.4x faster than NCHW on the AVX2 EPYC) and
-  ``"fp32"`` for MoESR's fine-tuning (its backward pass is slower in channels-last there), ``"fp32"`` on other
-  devices.
+  ``"channels_last"`` for forward passes (MoESR's reconstruction 1.3-1.7x faster than NCHW on an AVX2-only EPYC)
+  and ``"fp32"`` for MoESR's fine-tuning (forward and backward: 1.5-1.8x slower in channels-last there),
+  ``"fp32"`` on other devices.
 
 ``inference_context(path, device)`` opens the path around a forward (and MoESR's fine-tuning);
 ``to_layout(module, path)`` / ``as_layout(x, path)`` put weights and inputs in its layout. The accuracy cost of
@@ -77,8 +77,8 @@ def resolve_path(choice: str, device: torch.device | str, training: bool = False
     """The path a choice runs on ``device``: itself, or for ``"auto"`` bf16 where native, else as measured below.
 
     ``"auto"`` without native bfloat16: ``"channels_last"`` on CPUs for inference (forward passes), ``"fp32"`` for
-    ``training`` (MoESR's test-time fine-tuning: forward + backward, where channels-last was 1.47x *slower* than
-    NCHW on an AVX2-only AMD EPYC), ``"fp32"`` on other devices.
+    ``training`` (MoESR's test-time fine-tuning: forward + backward, where channels-last was 1.5-1.8x *slower*
+    than NCHW on an AVX2-only AMD EPYC, ``benchmarks.moesr``), ``"fp32"`` on other devices.
     """
     if check_choice(choice) != "auto":
         return choice  # type: ignore[return-value]

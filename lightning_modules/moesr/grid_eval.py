@@ -5,8 +5,9 @@
   ones swap it), split into ``max_batch`` chunks for memory (``None``: two calls for the 85 kernels). Each
   transformed image is made once and bicubic-upsampled once per call (``ExpertBank(..., slot_source=...)``), not
   once per kernel. On GPUs a call runs all its experts as one grouped convolution; on CPUs each distinct expert of
-  the call runs its slots as one batch of plain convolutions (``per_expert``), because oneDNN's grouped
-  convolutions reached only 0.45-0.66 of a per-kernel loop's speed (``python -m benchmarks.moesr``).
+  the call runs its slots with plain convolutions (``per_expert``; ``nets.moesr.PER_CALL_PIXELS`` output pixels a
+  call), because oneDNN's grouped convolutions reached only 0.45-0.66 of a per-kernel loop's speed
+  (``python -m benchmarks.moesr``).
 * :func:`grid_errors` adds ISE: ``E_i = mean over ISE's output pixels of ISE(U_i(LR), up(LR))^2`` (Eq. 8 / 10,
   official "mean of the squared ISE output"), for all ``N`` grid kernels in the official order -> ``(B, N)``.
 * :func:`grid_expert`: one grid kernel's expert as a standalone network, its input transform folded into the weights.
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
-from lightning_modules.nets.moesr import ISE, ExpertBank
+from lightning_modules.nets.moesr import ISE, PER_CALL_PIXELS, ExpertBank
 
 
 def upsample(lr: Tensor, scale: int) -> Tensor:
@@ -135,12 +136,17 @@ def ise_errors(ise: ISE, sr: Tensor, up: Tensor, max_batch: int | None = None) -
         ise: The sharpness evaluator.
         sr: ``(B, K, 3, H, W)`` expert outputs.
         up: ``(B, 3, H, W)`` bicubic-upsampled LR.
-        max_batch: Most images per ISE call (``None``: all at once).
+        max_batch: Most images per ISE call (``None``: all at once); on CPUs also at most
+            ``nets.moesr.PER_CALL_PIXELS`` pixels a call (one image if larger: 85 ISE calls on 256x256 images ran
+            4-6 s one by one against 9 s in batches of 8 on 2 AVX2 EPYC cores).
 
     Returns:
         ``(B, K)``.
     """
     bsz, k = sr.shape[:2]
+    if sr.device.type == "cpu":
+        per_call = max(1, PER_CALL_PIXELS // (sr.shape[-2] * sr.shape[-1]))
+        max_batch = per_call if max_batch is None else min(max_batch, per_call)
     flat = sr.flatten(0, 1)
     ups = up[:, None].expand(bsz, k, *up.shape[1:]).flatten(0, 1)
     errs = [ise(flat[s], ups[s]).float().square().mean(dim=(1, 2, 3)) for s in _chunks(flat.shape[0], max_batch)]

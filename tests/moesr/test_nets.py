@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.nets import moesr as moesr_nets
 from lightning_modules.nets.moesr import ISE, KEN, ExpertBank, ise_output_size, ise_target, ken_params
 from lightning_modules.nets.vdsr import ChainedVDSR
 
@@ -186,3 +187,25 @@ def test_ken_params_names_the_columns_of_kens_output():
         assert torch.equal(values, out[:, i])
     with pytest.raises(ValueError, match="lambda1, lambda2, theta"):
         ken_params(torch.rand(4, 2))
+
+
+@pytest.mark.parametrize("pixels", [1, 2 * 16 * 16, 10**9], ids=["one_image", "two_images", "all"])
+def test_per_expert_form_in_pixel_bounded_calls_equals_the_grouped_form(monkeypatch, pixels):
+    monkeypatch.setattr(moesr_nets, "PER_CALL_PIXELS", pixels)
+    calls = []
+    conv2d = F.conv2d
+
+    def counting(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return conv2d(x, *args, **kwargs)
+
+    torch.manual_seed(1)
+    bank = ExpertBank(4, 2, num_layers=3, channels=4)
+    lr, experts = torch.rand(2, 3, 3, 8, 8), torch.tensor([2, 0, 2])  # expert 2: 2 slots x 2 images = 4 images
+    with torch.no_grad():
+        grouped = bank(lr, experts)
+        monkeypatch.setattr(F, "conv2d", counting)
+        plain = bank(lr, experts, per_expert=True)
+    torch.testing.assert_close(plain, grouped, atol=1e-6, rtol=1e-5)
+    batch = {1: 1, 2 * 16 * 16: 2, 10**9: 4}[pixels]  # 16x16 outputs; expert 2's four images per call
+    assert max(calls) == batch and sum(calls) == 3 * (4 + 2)  # 3 layers x (4 + 2) images

@@ -359,3 +359,21 @@ def test_x4_experts_train_the_first_stage_on_the_intermediate_target():
         losses[weight] = (float(m.training_step(batch, 0)), float(term))
     assert losses[5.0][1] == pytest.approx(losses[0.0][1])  # same weights: the same intermediate error
     assert losses[5.0][0] - losses[0.0][0] == pytest.approx(5.0 * losses[5.0][1], rel=1e-4)
+
+
+@pytest.mark.parametrize("pixels", [1, 3 * 56 * 56, 10**9], ids=["one_image", "three_images", "all"])
+def test_ise_errors_on_cpus_run_in_pixel_bounded_calls_with_the_same_errors(monkeypatch, pixels):
+    from lightning_modules.moesr import grid_eval
+
+    torch.manual_seed(2)
+    ise = ISE((4, 4, 4, 4, 4))
+    sr, up = torch.rand(2, 5, 3, 56, 56), torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        reference = torch.stack([ise(sr[b], up[b].expand(5, -1, -1, -1)).square().mean(dim=(1, 2, 3)) for b in (0, 1)])
+        monkeypatch.setattr(grid_eval, "PER_CALL_PIXELS", pixels)
+        batches = []
+        forward = ISE.forward
+        monkeypatch.setattr(ISE, "forward", lambda self, a, b: batches.append(a.shape[0]) or forward(self, a, b))
+        errors = ise_errors(ise, sr, up, max_batch=4)
+    torch.testing.assert_close(errors, reference, atol=1e-6, rtol=1e-5)
+    assert sum(batches) == 10 and max(batches) == {1: 1, 3 * 56 * 56: 3, 10**9: 4}[pixels]  # max_batch 4 still holds
