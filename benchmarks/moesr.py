@@ -162,8 +162,8 @@ def time_image(model: MoESR, lr: torch.Tensor, name: str, iters: int, path: str)
     # the fine-tuning set-up alone (crop plan, whole-image bicubic and mask), for the extrapolation to 1000
     _sync(device)
     t0 = time.perf_counter()
-    FinetuneObjective(lr, choice.kernel[0], model.scale, max(iters, 1), intermediate_kernel=None
-                      if choice.intermediate is None else choice.intermediate[0])  # fmt: skip
+    mid = None if choice.intermediate is None else choice.intermediate[0]
+    FinetuneObjective(as_layout(lr, model.finetune_path), choice.kernel[0], model.scale, max(iters, 1), mid)
     _sync(device)
     row["setup_s"] = time.perf_counter() - t0
     with PeakMemory(device) as mem, model.inference_scope(device):

@@ -10,7 +10,7 @@
   switch autocast off where they are computed (MATLAB bicubic and colour conversion, MoESR's KEN and fine-tuning
   downsampler, targets and mask, KOALAnet's filter normalisation, USRNet's FFT data steps; ``full_precision`` here
   for the systems' own). Outputs are returned as float32. Only fast where the hardware computes bfloat16 natively
-  (``native_bf16``: AMX or AVX512-BF16 CPUs, GPUs with bfloat16 units); elsewhere oneDNN emulates it, ~8-12x
+  (``native_bf16``: AMX or AVX512-BF16 CPUs, GPUs with bfloat16 units); elsewhere oneDNN emulates it, ~10-13x
   slower than float32 on an AVX2-only AMD EPYC, and the systems warn (``slow_path_warning``).
 * ``"auto"`` (a choice, not a path): ``resolve_path`` picks ``"bf16"`` where bfloat16 is native, else on CPUs
   ``"channels_last"`` for forward passes (MoESR's reconstruction 1.3-1.7x faster than NCHW on an AVX2-only EPYC)
@@ -66,10 +66,11 @@ def native_bf16(device: torch.device | str) -> bool:
     if device.type == "cpu":
         return _native_bf16_cpu()
     if device.type == "cuda":
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # torch < 2.4: no emulation argument (and no emulation)
-            return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):  # the asked-for GPU, not the current one
+            try:
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:  # torch < 2.4: no emulation argument (and no emulation)
+                return torch.cuda.is_bf16_supported()
     return False
 
 

@@ -146,7 +146,7 @@ def ise_errors(ise: ISE, sr: Tensor, up: Tensor, max_batch: int | None = None) -
     bsz, k = sr.shape[:2]
     if sr.device.type == "cpu":
         per_call = max(1, PER_CALL_PIXELS // (sr.shape[-2] * sr.shape[-1]))
-        max_batch = per_call if max_batch is None else min(max_batch, per_call)
+        max_batch = per_call if not max_batch or max_batch <= 0 else min(max_batch, per_call)
     flat = sr.flatten(0, 1)
     ups = up[:, None].expand(bsz, k, *up.shape[1:]).flatten(0, 1)
     errs = [ise(flat[s], ups[s]).float().square().mean(dim=(1, 2, 3)) for s in _chunks(flat.shape[0], max_batch)]

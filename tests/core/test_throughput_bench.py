@@ -10,7 +10,7 @@ from torch import nn
 
 import benchmarks.common
 import benchmarks.throughput as tp
-from benchmarks.common import PEAK_PATHS, peak_paths
+from benchmarks.common import PEAK_PATHS
 from lightning_modules.core.precision import INFERENCE_PATHS
 
 PEAK = 32
@@ -58,7 +58,7 @@ def test_peak_conv_flops_are_exact_and_the_peak_is_the_best_path(bench):
     result, _ = bench
     peak = result["peak"]
     assert peak["flops"] == peak["flops_counted"] == 2 * 64 * 64 * 9 * PEAK * PEAK
-    assert set(peak["gflops"]) == set(peak_paths(torch.device("cpu")))
+    assert set(INFERENCE_PATHS) <= set(peak["gflops"]) <= set(PEAK_PATHS)  # bf16 NCHW: where native (test below)
     assert result["peak_gflops"] > 0
 
 

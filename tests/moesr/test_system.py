@@ -313,3 +313,5 @@ def test_auto_fine_tunes_in_nchw_and_reconstructs_in_channels_last_where_bfloat1
         with torch.no_grad():
             tuned[choice] = m._reconstruct(net, lr)
     torch.testing.assert_close(tuned["auto"], tuned["fp32"], atol=1e-5, rtol=0)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert m.inference_path == m.finetune_path == "bf16"  # where bfloat16 is native, auto fine-tunes in it too
