@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_modules.core.cli import device_name
 from lightning_modules.core.precision import (
     INFERENCE_PATHS,
     as_layout,
@@ -24,28 +23,13 @@ PEAK_CHANNELS = 64
 PEAK_PATHS = (*INFERENCE_PATHS, "bf16_nchw")  # bf16_nchw: for information (NCHW weights and input under autocast)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and family/model numbers from ``/proc/cpuinfo`` (``platform.machine()`` elsewhere)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.machine() or "unknown CPU"
-    name = fields.get("model name", platform.machine() or "unknown CPU")
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
-
-
 def describe_device(device: torch.device) -> str:
-    """One line naming what a benchmark ran on: GPU name, or CPU model, threads, torch's ISA and bfloat16 support."""
+    """One line naming what a benchmark ran on (``core.cli.device_name``), CPU threads and ISA, bfloat16 support."""
     bf16 = "bfloat16 native" if native_bf16(device) else "bfloat16 emulated"
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {bf16}"
+        return f"{device_name(device)}, {bf16}"
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads, torch ISA {isa}, {bf16}"
+    return f"{device_name(device)}, {torch.get_num_threads()} threads, torch ISA {isa}, {bf16}"
 
 
 def _sync(device: torch.device) -> None:

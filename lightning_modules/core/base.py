@@ -194,6 +194,11 @@ class SRSystem(L.LightningModule, ABC):
     def inference_path(self, choice: str) -> None:
         self.inference_path_choice: PathChoice = check_choice(choice)
 
+    @property
+    def finetune_path(self) -> InferencePath:
+        """The path of test-time training (MoESR's fine-tuning): ``inference_path``, ``"auto"`` resolved to train."""
+        return resolve_path(self.inference_path_choice, self.device, training=True)
+
     def apply_inference_layout(self) -> None:
         """Weights in ``inference_path``'s memory format (``core.precision.to_layout``), nested systems in its path.
 

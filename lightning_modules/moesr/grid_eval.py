@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from datamodules.degradation import ops
 from datamodules.degradation.kernels.moesr import MoESRGrid, apply_transform, invert_transform
-from lightning_modules.nets.moesr import ISE, PER_CALL_PIXELS, ExpertBank
+from lightning_modules.nets.moesr import ISE, ExpertBank, per_call_batch
 
 
 def upsample(lr: Tensor, scale: int) -> Tensor:
@@ -145,7 +145,7 @@ def ise_errors(ise: ISE, sr: Tensor, up: Tensor, max_batch: int | None = None) -
     """
     bsz, k = sr.shape[:2]
     if sr.device.type == "cpu":
-        per_call = max(1, PER_CALL_PIXELS // (sr.shape[-2] * sr.shape[-1]))
+        per_call = per_call_batch(*sr.shape[-2:])
         max_batch = per_call if not max_batch or max_batch <= 0 else min(max_batch, per_call)
     flat = sr.flatten(0, 1)
     ups = up[:, None].expand(bsz, k, *up.shape[1:]).flatten(0, 1)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from datamodules.degradation.kernels.moesr import ExpertChoice, MoESRGrid
 from lightning_modules.core.base import RUNTIME_HPARAMS, SRSystem
 from lightning_modules.core.kernel_files import save_kernel_files
-from lightning_modules.core.precision import InferencePath, as_layout, resolve_path, to_layout
+from lightning_modules.core.precision import as_layout, to_layout
 from lightning_modules.core.stages import freeze
 from lightning_modules.core.tiling import tiled_forward
 from lightning_modules.moesr.crops import CROP_SIZE, can_finetune
@@ -62,8 +62,7 @@ from lightning_modules.nets.moesr import ISE, ISE_RECEPTIVE_FIELD, KEN, ExpertBa
 
 MOESR_RUNTIME_HPARAMS = (
     *RUNTIME_HPARAMS, "finetune_iters", "finetune_lr", "use_gt_kernel", "real", "noise_std", "estimate_crop",
-    "max_batch", "finetune_seed", "crop_size", "progress", "expert_choice", "compile_expert",
-    "finetune_group",
+    "max_batch", "finetune_seed", "crop_size", "progress", "expert_choice", "compile_expert", "finetune_group",
 )  # fmt: skip
 
 
@@ -244,11 +243,6 @@ class MoESR(SRSystem):
         )
 
     # ---------------------------------------------------------------------------------------------- experts
-    @property
-    def finetune_path(self) -> InferencePath:
-        """``inference_path``, or for ``"auto"`` its training resolution (``core.precision.resolve_path``)."""
-        return resolve_path(self.inference_path_choice, self.device, training=True)
-
     def expert_for(self, grid_index: int) -> nn.Module:
         """A trainable copy of grid kernel ``grid_index``'s expert, input transform folded in, ``finetune_path``."""
         self._require_stages(estimation=False)

@@ -43,6 +43,13 @@ ISE_OUTPUT_STRIDE = 8
 # stay near the caches; batches of 8 such images made the 85-kernel estimation on a 128-px LR crop 1.43x (NCHW) and
 # 1.1-1.2x (channels-last) slower than one image per call on 2 AVX2 EPYC cores.
 PER_CALL_PIXELS = 256 * 256
+
+
+def per_call_batch(height: int, width: int) -> int:
+    """Images of ``height x width`` per CPU call under ``PER_CALL_PIXELS`` (at least one)."""
+    return max(1, PER_CALL_PIXELS // (height * width))
+
+
 _STAGE_FACTORS = {2: [2], 3: [3], 4: [2, 2], 8: [2, 2, 2]}
 
 
@@ -106,7 +113,7 @@ class _BankStage(nn.Module):
         out = torch.empty_like(up)
         experts = experts.cpu()
         last = len(self.weights) - 1
-        chunk = max(1, PER_CALL_PIXELS // (hh * ww))
+        chunk = per_call_batch(hh, ww)
         for e in experts.unique().tolist():
             slots = (experts == e).nonzero().flatten().to(up.device)
             layers = [(w[e].contiguous(memory_format=self.memory_format), b[e]) for w, b in zip(self.weights,

@@ -363,14 +363,14 @@ def test_x4_experts_train_the_first_stage_on_the_intermediate_target():
 
 @pytest.mark.parametrize("pixels", [1, 3 * 56 * 56, 10**9], ids=["one_image", "three_images", "all"])
 def test_ise_errors_on_cpus_run_in_pixel_bounded_calls_with_the_same_errors(monkeypatch, pixels):
-    from lightning_modules.moesr import grid_eval
+    from lightning_modules.nets import moesr as moesr_nets
 
     torch.manual_seed(2)
     ise = ISE((4, 4, 4, 4, 4))
     sr, up = torch.rand(2, 5, 3, 56, 56), torch.rand(2, 3, 56, 56)
     with torch.no_grad():
         reference = torch.stack([ise(sr[b], up[b].expand(5, -1, -1, -1)).square().mean(dim=(1, 2, 3)) for b in (0, 1)])
-        monkeypatch.setattr(grid_eval, "PER_CALL_PIXELS", pixels)
+        monkeypatch.setattr(moesr_nets, "PER_CALL_PIXELS", pixels)
         batches = []
         forward = ISE.forward
         monkeypatch.setattr(ISE, "forward", lambda self, a, b: batches.append(a.shape[0]) or forward(self, a, b))
